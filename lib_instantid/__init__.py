@@ -1,0 +1,1 @@
+"""InstantID for Stable Diffusion WebUIs: host-agnostic core (never imports the WebUI's `modules`)."""
