@@ -5,19 +5,17 @@ from __future__ import annotations
 class InstantIDError(Exception):
     """A problem the user can fix. `field` names the setting that was wrong, when there is one.
 
-    `status_code` and `detail` follow the attributes A1111's API error handler reads, so an error raised
-    during an API job answers with a useful status and message.
+    `status_code` and `detail` are what A1111's API error handler reads, from the instance's own attributes
+    (`vars(e)`), so an error raised during an API job answers with a useful status and message.
     """
 
-    status_code = 422
+    default_status = 422
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
-
-    @property
-    def detail(self) -> str:
-        return str(self)
+        self.detail = message
+        self.status_code = self.default_status
 
 
 class NoFaceError(InstantIDError):
@@ -31,4 +29,4 @@ class ModelError(InstantIDError):
 class SetupError(InstantIDError):
     """The installation is incomplete (face models, packages); fixed by the server's owner, not per request."""
 
-    status_code = 500
+    default_status = 500
