@@ -1,0 +1,214 @@
+"""Reading InstantID weight files: format detection, checks with clear refusals, and a cache of loaded models."""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from .adapter import FaceAdapter
+from .identitynet import IdentityNet, config_from_state_dict
+
+log = logging.getLogger(__name__)
+
+FACE_EMBEDDING_DIM = 512
+IDENTITYNET_FOLDER = "ControlNetModel"
+IDENTITYNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+SEE_MODELS = "See models.md for the files InstantID needs and where to put them."
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A flat name→tensor dict from a safetensors file (memory-mapped) or a torch pickle (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"Model file not found: {path}. {SEE_MODELS}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _flatten(_read_pickle(path))
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path)
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise ModelError(
+            f"{path.name} is not a readable safetensors file ({e}); it is probably truncated or corrupt "
+            f"({path.stat().st_size} bytes). Download it again. {SEE_MODELS}"
+        ) from e
+
+
+def _read_pickle(path: Path) -> object:
+    # torch.serialization.load is the real loader even where a WebUI has replaced torch.load with its own checker;
+    # weights_only=True is the security boundary: no code in the file is ever run.
+    try:
+        return torch.serialization.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelError(
+            f"{path.name} is not a plain weights file: it asks to run code or build objects other than tensors, "
+            f"which is never done. Use the official file, or a .safetensors version of it. {SEE_MODELS}"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise ModelError(
+            f"{path.name} could not be read as a torch weights file ({e}); it is probably truncated or corrupt "
+            f"({path.stat().st_size} bytes). Download it again. {SEE_MODELS}"
+        ) from e
+
+
+def _flatten(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return {prefix[:-1]: tree}
+    if not isinstance(tree, dict):
+        raise ModelError(f"Expected a dict of tensors but found {type(tree).__name__} at '{prefix[:-1]}'.")
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def load_adapter(path: Path) -> FaceAdapter:
+    sd = read_weights(path)
+    check_adapter_weights(sd, Path(path).name)
+    return FaceAdapter.from_state_dict(sd)
+
+
+def check_adapter_weights(sd: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse anything but an InstantID face adapter, saying what the file is instead."""
+    expected = (
+        "expected InstantID's face adapter (ip-adapter.bin: 'image_proj' with a 'latents' resampler taking "
+        f"{FACE_EMBEDDING_DIM}-d face embeddings, and 'ip_adapter' K/V weights)"
+    )
+    if not any(k.startswith("image_proj.") for k in sd) or not any(k.startswith("ip_adapter.") for k in sd):
+        raise ModelError(f"{name} is not a face adapter: {_describe(sd)}; {expected}. {SEE_MODELS}")
+    if "image_proj.latents" not in sd:
+        raise ModelError(
+            f"{name} is an IP-Adapter of another kind (its image projection has no resampler 'latents'); {expected}."
+        )
+    in_dim = sd["image_proj.proj_in.weight"].shape[1]
+    if in_dim != FACE_EMBEDDING_DIM:
+        raise ModelError(
+            f"{name} is an IP-Adapter Plus for {in_dim}-wide image features (a CLIP image encoder), not InstantID's; "
+            f"{expected}."
+        )
+    _check_layer_ids(sd, name)
+
+
+def _check_layer_ids(sd: dict[str, torch.Tensor], name: str) -> None:
+    ids = sorted({int(k.split(".")[1]) for k in sd if k.startswith("ip_adapter.")})
+    if ids != list(range(1, 2 * len(ids), 2)):
+        raise ModelError(f"{name}: its ip_adapter layers are numbered {ids[:6]}…, expected 1, 3, 5, …; the file is damaged.")
+    for i in ids:
+        for kind in ("to_k_ip", "to_v_ip"):
+            if f"ip_adapter.{i}.{kind}.weight" not in sd:
+                raise ModelError(f"{name}: layer {i} has no {kind} weight; the file is incomplete.")
+
+
+def load_identitynet(path: Path) -> IdentityNet:
+    """From a diffusers folder (config.json + safetensors), the official `ControlNetModel` folder, or one file."""
+    weights, config_file = _identitynet_files(Path(path))
+    sd = read_weights(weights)
+    check_identitynet_weights(sd, weights.name)
+    heads = _heads_from_config(config_file) if config_file else None
+    with torch.device("meta"):
+        net = IdentityNet(config_from_state_dict(sd, heads))
+    _adopt(net, sd, weights.name)
+    return net.eval().requires_grad_(False)
+
+
+def _identitynet_files(path: Path) -> tuple[Path, Path | None]:
+    if path.is_file():
+        return path, None
+    for folder in (path / IDENTITYNET_FOLDER, path):
+        if (folder / IDENTITYNET_WEIGHTS).is_file():
+            config = folder / "config.json"
+            return folder / IDENTITYNET_WEIGHTS, config if config.is_file() else None
+    raise ModelError(f"No IdentityNet found at {path}: expected {IDENTITYNET_WEIGHTS} there or in {IDENTITYNET_FOLDER}/. {SEE_MODELS}")
+
+
+def _heads_from_config(config_file: Path) -> tuple[int, ...] | None:
+    config = json.loads(config_file.read_text())
+    # diffusers' legacy naming: attention_head_dim holds the head count when num_attention_heads is absent.
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim")
+    if heads is None:
+        return None
+    n_blocks = len(config.get("block_out_channels", ()))
+    return tuple(heads) if isinstance(heads, list) else (heads,) * n_blocks
+
+
+def check_identitynet_weights(sd: dict[str, torch.Tensor], name: str) -> None:
+    if any(k.startswith("image_proj.") or k.startswith("ip_adapter.") for k in sd):
+        raise ModelError(f"{name} is InstantID's face adapter, not the IdentityNet: choose it as the adapter model.")
+    if any(k.startswith(("control_model.", "input_hint_block.")) for k in sd):
+        raise ModelError(
+            f"{name} is a ControlNet in the WebUI's own format (input_hint_block), not InstantID's IdentityNet, which is "
+            f"published in diffusers format. {SEE_MODELS}"
+        )
+    required = ("conv_in.weight", "controlnet_cond_embedding.conv_in.weight", "controlnet_mid_block.weight")
+    if not all(k in sd for k in required):
+        raise ModelError(f"{name} is not a ControlNet in diffusers format: {_describe(sd)}. {SEE_MODELS}")
+
+
+def _adopt(module: nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - sd.keys()), sorted(sd.keys() - expected)
+    if missing or unexpected:
+        raise ModelError(
+            f"{name} does not have the layout of an IdentityNet: missing {missing[:3]}, unexpected {unexpected[:3]}."
+        )
+    try:
+        module.load_state_dict(sd, strict=True, assign=True)
+    except RuntimeError as e:
+        raise ModelError(f"{name}: tensor shapes do not fit an IdentityNet ({e}).") from e
+
+
+def _describe(sd: dict[str, torch.Tensor]) -> str:
+    sample = ", ".join(sorted(sd)[:3])
+    return f"found {len(sd)} tensors such as {sample}"
+
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class ModelCache:
+    """Loaded models keyed by file identity (path, mtime, size) and placement; the least recently used goes first."""
+
+    def __init__(self, capacity: int = 2) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple, nn.Module] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, loader: Callable[[Path], M], device: torch.device, dtype: torch.dtype) -> M:
+        key = (_file_identity(Path(path)), loader.__name__)
+        with self._lock:
+            model = self._entries.pop(key, None)
+            if model is None:
+                log.info("Loading %s", path)
+                model = loader(Path(path))
+            self._entries[key] = model.to(device=device, dtype=dtype)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+            return model
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _file_identity(path: Path) -> tuple[str, int, int]:
+    target = path / IDENTITYNET_FOLDER / IDENTITYNET_WEIGHTS if path.is_dir() else path
+    target = target if target.exists() else path
+    try:
+        stat = target.stat()
+    except OSError as e:
+        raise ModelError(f"Model file not found: {path}. {SEE_MODELS}") from e
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size

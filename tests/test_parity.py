@@ -1,0 +1,197 @@
+"""The hooked A1111-layout UNet equals the diffusers reference of InstantID, and the test has the power to see bugs."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from lib_instantid import conditioning
+from lib_instantid.conditioning import COND, UNCOND, FaceTokens, HintFeatures, project_face
+from lib_instantid.keypoints import draw_keypoints
+from lib_instantid.models.loading import load_adapter, load_identitynet
+from lib_instantid.unet_hooks import CallInfo, InstantIDHooks, Schedule
+from tests.fixtures import tiny_models as tm
+
+LATENT = 8
+SIZE = LATENT * tm.HINT_SCALE
+TOLERANCE = 1e-5  # max|Δ| / max|ref| in float32
+# Rows of one denoiser call for 2 images: cond rows first, then uncond rows (A1111's layout).
+ROWS = (COND, COND, UNCOND, UNCOND)
+
+
+@dataclass
+class Case:
+    kind: str
+    unet: torch.nn.Module
+    adapter: torch.nn.Module
+    identitynet: torch.nn.Module
+    reference: tm.Reference
+    embedding: np.ndarray
+    keypoints: np.ndarray
+    x: torch.Tensor
+    t: torch.Tensor
+    text: torch.Tensor
+    y_parts: tuple | None
+
+    @property
+    def y(self):
+        return None if self.y_parts is None else tm.make_sdxl_y(*self.y_parts)
+
+
+@pytest.fixture(scope="module")
+def case(kind, weight_files) -> Case:
+    files = weight_files[kind]
+    unet = tm.tiny_unet(kind)
+    g = torch.Generator().manual_seed(7)
+    images = torch.randn(2, 4, LATENT, LATENT, generator=g)
+    cond_text, uncond_text = (torch.randn(2, 7, tm.CONTEXT_DIM[kind], generator=g) for _ in range(2))
+    y_parts = None
+    if kind == "sdxl":
+        pooled_c, pooled_u = torch.randn(2, 2, tm.SDXL_POOLED_DIM, generator=g)
+        ids = torch.tensor([[512.0, 512, 0, 0, 512, 512], [768, 640, 16, 8, 512, 512]])
+        y_parts = (torch.cat([pooled_c, pooled_u]), torch.cat([ids, ids]))
+    return Case(
+        kind=kind,
+        unet=unet,
+        adapter=load_adapter(files["adapter_bin"]),
+        identitynet=load_identitynet(files["identitynet_dir"]),
+        reference=tm.build_reference(kind, unet, files["identitynet_dir"], files["adapter_bin"]),
+        embedding=(torch.randn(512, generator=g) * 1.5).numpy(),  # raw: norm ≈ 34, as ArcFace's are
+        keypoints=np.array([[20.3, 24.8], [42.6, 23.1], [31.2, 35.7], [22.9, 46.4], [41.5, 45.2]]),
+        x=torch.cat([images, images]),
+        t=torch.tensor([600.0, 600.0, 600.0, 600.0]),
+        text=torch.cat([cond_text, uncond_text]),
+        y_parts=y_parts,
+    )
+
+
+def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, rows=ROWS, embedding=None,
+               keypoints=None, identitynet=None, x_slice=slice(None)) -> torch.Tensor:
+    tokens = project_face(case.adapter, case.embedding if embedding is None else embedding,
+                          torch.device("cpu"), torch.float32)
+    kps = case.keypoints if keypoints is None else keypoints
+    net = case.identitynet if identitynet is None else identitynet
+    hooks = InstantIDHooks(
+        case.unet, tokens, lambda x, context: CallInfo(torch.tensor(rows), step=0, total_steps=1),
+        adapter=case.adapter, adapter_schedule=Schedule(adapter_weight),
+        identitynet=net, identitynet_schedule=Schedule(identitynet_weight),
+        hint=HintFeatures(net, lambda w, h: kps),
+    )
+    y = case.y
+    with hooks, torch.no_grad():
+        return case.unet(case.x[x_slice], case.t[x_slice], case.text[x_slice],
+                         None if y is None else y[x_slice])
+
+
+def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float) -> torch.Tensor:
+    hint = torch.from_numpy(draw_keypoints(case.keypoints, (SIZE, SIZE))).permute(2, 0, 1)[None].float() / 255
+    return tm.reference_eps(
+        case.reference, case.x, case.t, case.text, torch.from_numpy(case.embedding),
+        [r == COND for r in ROWS], hint, adapter_weight, identitynet_weight, y=case.y_parts,
+    )
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.parametrize("weights", [(0.8, 0.8), (0.8, 0.0), (0.0, 0.8), (1.7, 0.3)])
+def test_matches_the_diffusers_reference(case, weights):
+    assert relative_error(hooked_eps(case, *weights), reference_eps(case, *weights)) <= TOLERANCE
+
+
+def test_both_paths_move_the_output(case):
+    """Without this the parity above could pass with InstantID doing nothing."""
+    plain = reference_eps(case, 0.0, 0.0)
+    assert relative_error(hooked_eps(case, 0.8, 0.0), plain) > 0.05
+    assert relative_error(hooked_eps(case, 0.0, 0.8), plain) > 0.05
+
+
+def test_rows_split_across_calls_equal_the_batched_call(case):
+    batched = hooked_eps(case, 0.8, 0.8)
+    cond_only = hooked_eps(case, 0.8, 0.8, rows=ROWS[:2], x_slice=slice(0, 2))
+    uncond_only = hooked_eps(case, 0.8, 0.8, rows=ROWS[2:], x_slice=slice(2, 4))
+    mixed = hooked_eps(case, 0.8, 0.8, rows=ROWS[1:3], x_slice=slice(1, 3))
+    assert relative_error(torch.cat([cond_only, uncond_only]), batched) <= TOLERANCE
+    assert relative_error(mixed, batched[1:3]) <= TOLERANCE
+
+
+def test_deliberate_bugs_fail_the_parity_check(case, monkeypatch):
+    """Each bug the parity test exists to catch moves the output far beyond the tolerance."""
+    expected = reference_eps(case, 0.8, 0.8)
+    bugs = {
+        "uncond rows given the face tokens": lambda: hooked_eps(case, 0.8, 0.8, rows=(COND,) * 4),
+        "normed embedding": lambda: hooked_eps(
+            case, 0.8, 0.8, embedding=case.embedding / np.linalg.norm(case.embedding)),
+        "keypoints 2 px off": lambda: hooked_eps(case, 0.8, 0.8, keypoints=case.keypoints + [2.0, 0.0]),
+    }
+    for name, run in bugs.items():
+        assert relative_error(run(), expected) > 100 * TOLERANCE, name
+
+    with monkeypatch.context() as m:
+        m.setattr(conditioning, "draw_keypoints", lambda points, size: draw_keypoints(points, size)[..., ::-1].copy())
+        assert relative_error(hooked_eps(case, 0.8, 0.8), expected) > 100 * TOLERANCE, "BGR hint"
+    with monkeypatch.context() as m:
+        m.setattr(FaceTokens, "for_rows", lambda self, rows: case.text)
+        assert relative_error(hooked_eps(case, 0.8, 0.8), expected) > 100 * TOLERANCE, "text as IdentityNet context"
+
+
+def test_zero_weight_or_outside_the_window_costs_nothing(case, monkeypatch):
+    calls = []
+    original = type(case.identitynet).forward
+    monkeypatch.setattr(type(case.identitynet), "forward", lambda self, *a: calls.append(1) or original(self, *a))
+    plain = reference_eps(case, 0.0, 0.0)
+    assert relative_error(hooked_eps(case, 0.0, 0.0), plain) <= TOLERANCE
+    assert not calls
+    tokens = project_face(case.adapter, case.embedding, torch.device("cpu"), torch.float32)
+    for step, expect_run in ((0, False), (5, True), (9, False)):
+        hooks = InstantIDHooks(
+            case.unet, tokens, lambda x, c: CallInfo(torch.tensor(ROWS), step=step, total_steps=10),
+            identitynet=case.identitynet, identitynet_schedule=Schedule(0.8, start=0.2, end=0.7),
+            hint=HintFeatures(case.identitynet, lambda w, h: case.keypoints),
+        )
+        calls.clear()
+        with hooks, torch.no_grad():
+            case.unet(case.x, case.t, case.text, case.y)
+        assert bool(calls) == expect_run, step
+
+
+def test_detach_restores_the_unet_exactly(case):
+    untouched = copy.deepcopy(case.unet)
+    before = {name: type(m) for name, m in case.unet.named_modules()}
+    state = {k: v.clone() for k, v in case.unet.state_dict().items()}
+    attrs = {name: set(vars(m)) for name, m in case.unet.named_modules()}
+    hooked_eps(case, 0.8, 0.8)  # attaches, runs, detaches
+    assert {name: type(m) for name, m in case.unet.named_modules()} == before
+    assert all(torch.equal(state[k], v) for k, v in case.unet.state_dict().items())
+    assert {name: set(vars(m)) for name, m in case.unet.named_modules()} == attrs
+    for module in case.unet.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    with torch.no_grad():
+        y = case.y
+        assert torch.equal(case.unet(case.x, case.t, case.text, y), untouched(case.x, case.t, case.text, y))
+
+
+def test_attach_is_idempotent_and_a_second_session_is_refused(case):
+    tokens = project_face(case.adapter, case.embedding, torch.device("cpu"), torch.float32)
+
+    def session():
+        return InstantIDHooks(case.unet, tokens, lambda x, c: CallInfo(torch.tensor(ROWS), 0, 1),
+                              adapter=case.adapter, adapter_schedule=Schedule(0.8))
+
+    first = session()
+    with first:
+        count = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in case.unet.modules())
+        first.attach()
+        assert count == sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in case.unet.modules())
+        with pytest.raises(RuntimeError, match="already attached"):
+            session().attach()
+    session().attach().detach()  # free again after the first detached
+
+
+def test_a_row_count_the_caller_did_not_describe_is_an_error(case):
+    with pytest.raises(RuntimeError, match="cannot tell cond from uncond"):
+        hooked_eps(case, 0.8, 0.8, rows=ROWS[:3])
