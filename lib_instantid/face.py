@@ -47,10 +47,10 @@ def _missing_files(folder: Path) -> list[str]:
     return [name for name in ANTELOPEV2_FILES if not (folder / name).is_file()]
 
 
-def find_antelopev2(models_root: Path) -> Path:
-    """The folder holding the antelopev2 files: `models_root/antelopev2`, or the nested unzip
-    `models_root/antelopev2/antelopev2`."""
-    candidates = (models_root / "antelopev2", models_root / "antelopev2" / "antelopev2")
+def find_antelopev2(*models_roots: Path) -> Path:
+    """The folder holding the antelopev2 files: `<root>/antelopev2`, or the nested unzip
+    `<root>/antelopev2/antelopev2`, for the first of the given roots that has them."""
+    candidates = [c for root in models_roots for c in (root / "antelopev2", root / "antelopev2" / "antelopev2")]
     for folder in candidates:
         if not _missing_files(folder):
             return folder

@@ -1,0 +1,221 @@
+"""The InstantID settings: one dataclass serving the panel (positional values), the API (a named dict),
+the infotext (out and back in) and validation. Every field is declared once, here."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import InstantIDError
+from .images import decode_image
+
+INFOTEXT_KEY = "InstantID"
+AUTOMATIC = "Automatic"  # a model name that means: the one installed model that fits the checkpoint
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How a setting is shown, checked and recorded."""
+
+    label: str
+    kind: type  # bool, float, int, str; object: one image; list: one or several images
+    minimum: float | None = None
+    maximum: float | None = None
+    infotext: str | None = None  # key inside the InstantID infotext entry; None: not recorded (images)
+    help: str = ""
+
+
+def setting(default: Any, spec: Spec) -> Any:
+    return field(default=default, metadata={"spec": spec})
+
+
+WEIGHT = dict(kind=float, minimum=0.0, maximum=2.0)
+FRACTION = dict(kind=float, minimum=0.0, maximum=1.0)
+
+
+@dataclass(frozen=True)
+class InstantIDArgs:
+    """Field order is the panel's component order, i.e. the positional order of the script's arguments."""
+
+    enabled: bool = setting(False, Spec("Enable InstantID", bool, help="Generate with the identity of the face photo."))
+    face_image: tuple = setting((), Spec(
+        "Face photo(s)", list,
+        help="A clear photo of the person. Several photos of the same person are averaged into one identity."))
+    pose_image: Any = setting(None, Spec(
+        "Pose photo (optional)", object,
+        help="Whose face position and angle to use. Empty: the face photo (txt2img) or the init image (img2img)."))
+    identitynet_model: str = setting("", Spec(
+        "IdentityNet", str, infotext="IdentityNet",
+        help=f"Empty or {AUTOMATIC}: the one installed IdentityNet that fits the checkpoint."))
+    adapter_model: str = setting("", Spec(
+        "Face adapter", str, infotext="Adapter",
+        help=f"Empty or {AUTOMATIC}: the one installed face adapter that fits the checkpoint."))
+    identitynet_weight: float = setting(0.8, Spec(
+        "IdentityNet weight", infotext="IdentityNet weight",
+        help="How strongly the face keypoints steer the composition (0.8 recommended).", **WEIGHT))
+    adapter_weight: float = setting(0.8, Spec(
+        "Adapter weight", infotext="Adapter weight",
+        help="How strongly the identity is imposed (0.8 recommended; lower for more stylisation).", **WEIGHT))
+    identitynet_start: float = setting(0.0, Spec(
+        "IdentityNet start", infotext="IdentityNet start", help="Fraction of the steps before the IdentityNet acts.",
+        **FRACTION))
+    identitynet_end: float = setting(1.0, Spec(
+        "IdentityNet end", infotext="IdentityNet end", help="Fraction of the steps after which it stops.", **FRACTION))
+    adapter_start: float = setting(0.0, Spec(
+        "Adapter start", infotext="Adapter start", help="Fraction of the steps before the adapter acts.", **FRACTION))
+    adapter_end: float = setting(1.0, Spec(
+        "Adapter end", infotext="Adapter end", help="Fraction of the steps after which it stops.", **FRACTION))
+    face_index: int = setting(0, Spec(
+        "Face index", int, minimum=0, maximum=99, infotext="Face index",
+        help="Which face when a photo shows several: 0 is the largest, 1 the next largest, ..."))
+
+    @staticmethod
+    def requested(args: Sequence[Any]) -> bool:
+        """Whether the script's arguments turn InstantID on; when they don't, nothing else in them matters."""
+        first = args[0] if args else False
+        return (first.get("enabled") if isinstance(first, dict) else first) is True
+
+    @classmethod
+    def from_script_args(cls, args: Sequence[Any]) -> "InstantIDArgs":
+        """The script's argument slice: the API's single named dict, or the panel's positional values."""
+        if args and isinstance(args[0], dict):
+            return cls.from_dict(args[0])
+        names = [f.name for f in fields(cls)]
+        if len(args) > len(names):
+            raise InstantIDError(f"InstantID takes {len(names)} arguments ({', '.join(names)}); got {len(args)}.")
+        return cls.from_dict(dict(zip(names, args)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "InstantIDArgs":
+        specs = {f.name: f.metadata["spec"] for f in fields(cls)}
+        unknown = sorted(set(values) - specs.keys(), key=str)
+        if unknown:
+            raise InstantIDError(
+                f"Unknown InstantID field {unknown[0]!r}. Allowed fields: {', '.join(specs)}.", field=str(unknown[0])
+            )
+        checked = {name: _check(name, specs[name], value) for name, value in values.items()}
+        args = cls(**checked)
+        args._check_windows()
+        return args
+
+    def check_ready(self) -> None:
+        """What an enabled job needs beyond valid values."""
+        if self.enabled and not self.face_image:
+            raise InstantIDError("face_image is missing: give a photo of the person's face.", field="face_image")
+
+    def _check_windows(self) -> None:
+        for path in ("identitynet", "adapter"):
+            start, end = getattr(self, f"{path}_start"), getattr(self, f"{path}_end")
+            if start > end:
+                raise InstantIDError(
+                    f"{path}_start ({start}) is after {path}_end ({end}); the start must not be later than the end.",
+                    field=f"{path}_start",
+                )
+
+    def with_overrides(self, **values: Any) -> "InstantIDArgs":
+        """A copy with some settings replaced (e.g. by an XYZ plot axis), checked like any input."""
+        specs = {f.name: f.metadata["spec"] for f in fields(self)}
+        args = replace(self, **{k: _check(k, specs[k], v) for k, v in values.items()})
+        args._check_windows()
+        return args
+
+    def infotext(self, extra: dict[str, str] | None = None) -> str:
+        """The value of the `InstantID` infotext entry: the recorded settings (never the images), plus `extra`."""
+        pairs = {spec.infotext: _format(getattr(self, f.name)) for f, spec in _recorded()}
+        pairs.update(extra or {})
+        return ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items())
+
+    @classmethod
+    def values_from_infotext(cls, params: dict[str, str]) -> dict[str, Any]:
+        """Setting values (by field name) recorded in parsed infotext `params`; {} when InstantID was off."""
+        text = params.get(INFOTEXT_KEY)
+        if not text:
+            return {}
+        recorded = dict(_PAIR.findall(text))
+        values: dict[str, Any] = {"enabled": True}
+        for f, spec in _recorded():
+            if spec.infotext in recorded:
+                values[f.name] = _parse(spec, _unquote(recorded[spec.infotext]))
+        return values
+
+
+def specs() -> list[tuple[str, Spec, Any]]:
+    """(name, spec, default) of every setting, in order: what the panel and the API docs are built from."""
+    return [(f.name, f.metadata["spec"], f.default) for f in fields(InstantIDArgs)]
+
+
+def _recorded() -> list:
+    return [(f, f.metadata["spec"]) for f in fields(InstantIDArgs) if f.metadata["spec"].infotext]
+
+
+def _check(name: str, spec: Spec, value: Any) -> Any:
+    if spec.kind is object:
+        return None if _is_empty(value) else decode_image(value, name)
+    if spec.kind is list:
+        items = [] if _is_empty(value) else list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(decode_image(item, f"{name}[{i}]" if len(items) > 1 else name) for i, item in enumerate(items))
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise InstantIDError(f"{name} must be true or false, got {value!r}.", field=name)
+        return value
+    if spec.kind is str:
+        if value is None or value == AUTOMATIC:
+            return ""
+        if not isinstance(value, str):
+            raise InstantIDError(f"{name} must be a string (a model name), got {value!r}.", field=name)
+        return value
+    return _check_number(name, spec, value)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, tuple, str, bytes)) and len(value) == 0)
+
+
+def _check_number(name: str, spec: Spec, value: Any) -> float | int:
+    # bool is an int in Python; a true/false weight is a mistake, not a number.
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (spec.kind is int and not integral):
+        kind = "a whole number" if spec.kind is int else "a number"
+        raise InstantIDError(f"{name} must be {kind} from {_range(spec)}, got {value!r}.", field=name)
+    if not spec.minimum <= value <= spec.maximum:  # NaN fails this too
+        raise InstantIDError(f"{name} is {value}, outside the allowed range {_range(spec)}.", field=name)
+    return spec.kind(value)
+
+
+def _range(spec: Spec) -> str:
+    return f"{_format(spec.kind(spec.minimum))} to {_format(spec.kind(spec.maximum))}"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _parse(spec: Spec, text: str) -> Any:
+    if spec.kind is str:
+        return text
+    try:
+        return spec.kind(float(text)) if spec.kind is int else spec.kind(text)
+    except ValueError:
+        return None
+
+
+# Inner pairs of the InstantID entry, written and read the way the WebUI writes its own infotext.
+_PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _quote(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:"\n') else text
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text

@@ -1,0 +1,72 @@
+"""Images as users send them (base64 from the API, PIL or numpy from the UI) turned into PIL images."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InstantIDError
+
+MAX_PIXELS = 12000 * 12000  # a decoded image beyond this is refused instead of filling memory
+
+
+def decode_image(value: object, field: str) -> Image.Image:
+    """A PIL image, EXIF-rotated, from base64 (a data-URL prefix allowed), file bytes, a PIL image, a numpy array,
+    or gradio's {"image": ...} dict. `field` names the setting in error messages."""
+    if isinstance(value, dict) and "image" in value:  # gradio's image-with-tool value
+        value = value["image"]
+    if isinstance(value, Image.Image):
+        return ImageOps.exif_transpose(value)
+    if isinstance(value, np.ndarray):
+        return _from_array(value, field)
+    if isinstance(value, str):
+        return _from_base64(value, field)
+    if isinstance(value, bytes):
+        return _open(value, field)
+    raise InstantIDError(
+        f"{field}: expected an image as a base64 string, got {type(value).__name__}.", field=field
+    )
+
+
+def _from_array(value: np.ndarray, field: str) -> Image.Image:
+    if value.ndim not in (2, 3) or value.dtype not in (np.uint8, np.uint16):
+        raise InstantIDError(f"{field}: unsupported image array {value.shape} {value.dtype}.", field=field)
+    return Image.fromarray(value)
+
+
+def _from_base64(value: str, field: str) -> Image.Image:
+    text = value.strip()
+    if not text:
+        raise InstantIDError(f"{field} is empty: send the image as a base64 string.", field=field)
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InstantIDError(f"{field} is not valid base64 ({e}).", field=field) from e
+    return _open(data, field)
+
+
+def _open(data: bytes, field: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise InstantIDError(
+                    f"{field} is {image.width}x{image.height}; images up to {MAX_PIXELS // 10**6} megapixels are "
+                    "accepted. Send a smaller image.",
+                    field=field,
+                )
+            image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise InstantIDError(
+            f"{field} is not a readable image ({type(e).__name__}: {e}). Send a PNG, JPEG or WebP as base64.",
+            field=field,
+        ) from e
+    return ImageOps.exif_transpose(image)
