@@ -47,6 +47,15 @@ def _missing_files(folder: Path) -> list[str]:
     return [name for name in ANTELOPEV2_FILES if not (folder / name).is_file()]
 
 
+def webui_antelopev2_roots(models_root: Path, webui_root: Path) -> list[Path]:
+    """Where a WebUI may hold the antelopev2 pack, in search order: insightface's own layout under the models folder,
+    our model folder, and the copy sd-webui-controlnet downloads. Here, not in the host glue, so that the doctor
+    (which cannot import the WebUI's `modules`) searches the same places."""
+    controlnet_downloads = webui_root / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
+    return [models_root / "insightface" / "models", models_root / "insightface", models_root / "instantid",
+            controlnet_downloads / "insightface" / "models"]
+
+
 def find_antelopev2(*models_roots: Path) -> Path:
     """The folder holding the antelopev2 files: `<root>/antelopev2`, or the nested unzip
     `<root>/antelopev2/antelopev2`, for the first of the given roots that has them."""

@@ -74,7 +74,7 @@ def test_named_choice_by_name_or_unique_file_name(models_root):
 def test_names_outside_the_catalogue_are_refused_without_touching_files(models_root, name, monkeypatch):
     entries = scan(models_root)
     opened = []
-    monkeypatch.setattr(catalog, "_shapes", lambda path: opened.append(path))
+    monkeypatch.setattr(catalog, "read_shapes", lambda path: opened.append(path))
     with pytest.raises(ModelError, match="no installed face adapter is named"):
         choose(entries, ADAPTER, name, SDXL_CONTEXT, "adapter_model")
     assert not opened

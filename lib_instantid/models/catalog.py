@@ -55,16 +55,16 @@ def scan(models_root: Path, folders: tuple[str, ...] = MODEL_FOLDERS) -> list[Mo
 
 def _describe(root: Path, path: Path, ours: bool) -> ModelEntry | None:
     name = path.relative_to(root).as_posix()
+    # Outside our own folder (e.g. the ControlNet folder) only what is named for InstantID is ours.
+    if not ours and "instant" not in path.name.lower():
+        return None
     if path.is_dir():
         weights = next((w for w in (path / IDENTITYNET_FOLDER / IDENTITYNET_WEIGHTS, path / IDENTITYNET_WEIGHTS)
                         if w.is_file()), None)
-        return None if weights is None else ModelEntry(name, path, IDENTITYNET, _context_dim(_shapes(weights)))
+        return None if weights is None else ModelEntry(name, path, IDENTITYNET, _context_dim(read_shapes(weights)))
     if path.suffix not in WEIGHT_SUFFIXES:
         return None
-    # Outside our own folder (e.g. the ControlNet folder) only files named for InstantID are ours.
-    if not ours and "instant" not in path.name.lower():
-        return None
-    shapes = _shapes(path)
+    shapes = read_shapes(path)
     kind = _kind_of(path, shapes)
     return None if kind is None else ModelEntry(name, path, kind, _context_dim(shapes))
 
@@ -87,7 +87,7 @@ def _context_dim(shapes: dict[str, list[int]] | None) -> int | None:
     return None
 
 
-def _shapes(path: Path) -> dict[str, list[int]] | None:
+def read_shapes(path: Path) -> dict[str, list[int]] | None:
     """Tensor shapes without reading the tensors: the safetensors header, or a memory-mapped weights-only pickle."""
     try:
         if path.suffix == ".safetensors":
