@@ -1,0 +1,84 @@
+"""InstantID for the A1111 WebUI: the accordion, its arguments, and the calls into lib_instantid. Nothing else."""
+from __future__ import annotations
+
+import html
+import json
+
+import gradio as gr
+
+from modules import script_callbacks, scripts
+from modules.ui_components import InputAccordion, ToolButton
+
+from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, specs
+from lib_instantid.hosts import a1111, a1111_api, a1111_xyz
+
+TRACKER = a1111.RowTracker()
+script_callbacks.on_cfg_denoiser(TRACKER.on_cfg_denoiser, name="instantid_rows")
+script_callbacks.on_app_started(a1111_api.add_routes, name="instantid_api")
+script_callbacks.on_before_ui(a1111_xyz.add_axes, name="instantid_xyz")
+script_callbacks.on_script_unloaded(a1111.release_models, name="instantid_unload")
+
+
+class InstantIDScript(scripts.Script):
+    def title(self) -> str:
+        return "InstantID"
+
+    def show(self, is_img2img: bool):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img: bool) -> list:
+        spec = {name: (s, default) for name, s, default in specs()}
+        with InputAccordion(False, label="InstantID", elem_id=self.elem_id("enabled")) as enabled:
+            with gr.Row():
+                face = gr.File(label=spec["face_image"][0].label, file_count="multiple", file_types=["image"],
+                               type="binary", elem_id=self.elem_id("face_image"))
+                pose = gr.Image(label=spec["pose_image"][0].label, type="pil", elem_id=self.elem_id("pose_image"))
+            with gr.Row():
+                preview_button = gr.Button("Preview detected face", elem_id=self.elem_id("preview"))
+            preview = gr.Gallery(label="Detected faces", show_label=False, columns=4, height=200,
+                                 elem_id=self.elem_id("preview_gallery"))
+            message = gr.Markdown()
+            with gr.Row():
+                identitynet = self._model_dropdown("identitynet_model", spec, a1111.model_choices("identitynet"))
+                adapter = self._model_dropdown("adapter_model", spec, a1111.model_choices("adapter"))
+                refresh = ToolButton("\U0001f504", elem_id=self.elem_id("refresh"))
+            sliders = {name: self._number(name, spec) for name in (
+                "identitynet_weight", "adapter_weight", "identitynet_start", "identitynet_end",
+                "adapter_start", "adapter_end", "face_index")}
+            gr.HTML(self._hints(spec))
+        refresh.click(a1111.refreshed_choices, outputs=[identitynet, adapter])
+        index = sliders["face_index"]
+        preview_button.click(a1111.preview, inputs=[face, pose, index], outputs=[preview, message])
+        components = {"enabled": enabled, "face_image": face, "pose_image": pose, "identitynet_model": identitynet,
+                      "adapter_model": adapter, **sliders}
+        self.infotext_fields = [(enabled, lambda params: INFOTEXT_KEY in params)] + [
+            (components[name], _pasted(name)) for name in components if spec[name][0].infotext]
+        self.paste_field_names = [INFOTEXT_KEY]
+        return [components[name] for name in spec]
+
+    def _hints(self, spec: dict) -> str:
+        hints = {self.elem_id(name): s.help for name, (s, _) in spec.items() if s.help}
+        hints[self.elem_id("preview")] = "Run the face analysis and show the face box and keypoints that will be used."
+        hints[self.elem_id("refresh")] = "Look for newly installed models."
+        return f"<div hidden data-instantid-hints='{html.escape(json.dumps(hints), quote=True)}'></div>"
+
+    def _model_dropdown(self, name: str, spec: dict, choices: list[str]) -> gr.Dropdown:
+        s, _ = spec[name]
+        return gr.Dropdown(label=s.label, choices=choices, value=AUTOMATIC, elem_id=self.elem_id(name))
+
+    def _number(self, name: str, spec: dict):
+        s, default = spec[name]
+        if s.kind is int:
+            return gr.Number(value=default, precision=0, minimum=s.minimum, maximum=s.maximum, label=s.label,
+                             elem_id=self.elem_id(name))
+        return gr.Slider(s.minimum, s.maximum, value=default, step=0.05, label=s.label, elem_id=self.elem_id(name))
+
+    def process(self, p, *args) -> None:
+        a1111.start_job(p, args, TRACKER)
+
+
+def _pasted(name: str):
+    def value(params: dict):
+        return InstantIDArgs.values_from_infotext(params).get(name, gr.update())
+
+    return value
