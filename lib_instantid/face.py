@@ -25,6 +25,7 @@ ANTELOPEV2_FILES = (DETECTOR_FILE, RECOGNIZER_FILE)  # detection + recognition o
 DET_SIZES = tuple(range(640, 191, -64))
 DET_THRESHOLD = 0.5
 MAX_ANALYSIS_SIDE = 4096
+MIN_FACE_SIDE = 8  # pixels: no detector finds a face in a thinner image
 
 ImageInput = Union[Image.Image, np.ndarray]
 
@@ -219,6 +220,10 @@ class FaceAnalyzer:
         return sorted(faces, key=lambda face: face.area, reverse=True)
 
     def _detect_any_size(self, analysed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = analysed.shape[:2]
+        # The detector letterboxes into a square; a sliver would shrink to nothing there (and cannot hold a face).
+        if min(height, width) < MIN_FACE_SIDE or min(height, width) * DET_SIZES[-1] < max(height, width):
+            return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
         for size in DET_SIZES:
             boxes, keypoints = self._detector.detect(analysed, input_size=(size, size))
             if len(boxes):

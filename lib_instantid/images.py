@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InstantIDError
 
-MAX_PIXELS = 12000 * 12000  # a decoded image beyond this is refused instead of filling memory
+MAX_PIXELS = 100_000_000  # a decoded image beyond this is refused instead of filling memory
 
 
 def decode_image(value: object, field: str) -> Image.Image:
@@ -53,18 +53,17 @@ def _from_base64(value: str, field: str) -> Image.Image:
 
 def _open(data: bytes, field: str) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # our own size limit replaces Pillow's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
             if image.width * image.height > MAX_PIXELS:
                 raise InstantIDError(
-                    f"{field} is {image.width}x{image.height}; images up to {MAX_PIXELS // 10**6} megapixels are "
-                    "accepted. Send a smaller image.",
+                    f"{field} is {image.width}x{image.height} pixels; up to {MAX_PIXELS // 10**6} megapixels are "
+                    "accepted. Send a smaller image (a face photo needs far fewer).",
                     field=field,
                 )
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise InstantIDError(
             f"{field} is not a readable image ({type(e).__name__}: {e}). Send a PNG, JPEG or WebP as base64.",
             field=field,

@@ -12,11 +12,19 @@ from modules.ui_components import InputAccordion, ToolButton
 from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, specs
 from lib_instantid.hosts import a1111, a1111_api, a1111_xyz
 
+
+def register(on_event, callback, name: str) -> None:
+    try:
+        on_event(callback, name=name)
+    except TypeError:  # A1111 before 1.9 takes no callback names
+        on_event(callback)
+
+
 TRACKER = a1111.RowTracker()
-script_callbacks.on_cfg_denoiser(TRACKER.on_cfg_denoiser, name="instantid_rows")
-script_callbacks.on_app_started(a1111_api.add_routes, name="instantid_api")
-script_callbacks.on_before_ui(a1111_xyz.add_axes, name="instantid_xyz")
-script_callbacks.on_script_unloaded(a1111.release_models, name="instantid_unload")
+register(script_callbacks.on_cfg_denoiser, TRACKER.on_cfg_denoiser, "instantid_rows")
+register(script_callbacks.on_app_started, a1111_api.add_routes, "instantid_api")
+register(script_callbacks.on_before_ui, a1111_xyz.add_axes, "instantid_xyz")
+register(script_callbacks.on_script_unloaded, a1111.release_models, "instantid_unload")
 
 
 class InstantIDScript(scripts.Script):

@@ -238,9 +238,7 @@ class JobRun:
         original = self.p.sample
 
         def sample_with_instantid(*args, **kwargs):
-            if self.error is not None:
-                raise self.error
-            hooks = self.job.hooks(unet_of(self.p), self.tracker, self._keypoints_for)
+            hooks = self._hooks()
             try:
                 with hooks:
                     return original(*args, **kwargs)
@@ -249,10 +247,32 @@ class JobRun:
 
         self.p.sample = sample_with_instantid
 
+    def _hooks(self):
+        """The hooks for the UNet loaded now; raises the error kept from `prepare`, or the hooks' own refusal of
+        weights that do not fit this UNet, in the form the host answers best."""
+        try:
+            if self.error is not None:
+                raise self.error
+            return self.job.hooks(unet_of(self.p), self.tracker, self._keypoints_for)
+        except InstantIDError as e:
+            raise _for_host(self.p, e)
+
     def _release_memory(self) -> None:
         if self.job is not None and self.job.identitynet is not None and _low_vram():
             self.job.identitynet.to(devices.cpu)
             devices.torch_gc()
+
+
+def _for_host(p, error: BaseException) -> BaseException:
+    """An API request's input error becomes an HTTPException: the API answers it with its status and message and,
+    unlike other exceptions, does not print a traceback to the server console for it."""
+    if getattr(p, "is_api", False) and isinstance(error, InstantIDError):
+        from fastapi import HTTPException
+
+        http = HTTPException(status_code=error.status_code, detail=f"{type(error).__name__}: {error}")
+        http.__cause__ = error  # the original stays attached for logs
+        return http
+    return error
 
 
 def _low_vram() -> bool:

@@ -1,0 +1,27 @@
+"""modules/shared_cmd_options.py stand-in: `cmd_opts` is an argparse Namespace with the flags' defaults."""
+import argparse
+
+from modules import paths_internal
+
+parser = argparse.ArgumentParser(add_help=False)
+for flag in ("medvram", "medvram-sdxl", "lowvram", "xformers", "no-half", "no-half-vae", "upcast-sampling", "api",
+             "nowebui", "disable-nan-check", "api-log", "api-server-stop", "no-prompt-history", "hide-ui-dir-config",
+             "disable-safe-unpickle", "skip-version-check", "lora-dir", "listen", "share"):
+    parser.add_argument(f"--{flag}", action="store_true")
+parser.add_argument("--api-auth", type=str, default=None)
+parser.add_argument("--data-dir", type=str, default=paths_internal.data_path)
+parser.add_argument("--models-dir", type=str, default=None)
+parser.add_argument("--ckpt-dir", type=str, default=None)
+parser.add_argument("--embeddings-dir", type=str, default="/nonexistent-embeddings-dir")
+parser.add_argument("--precision", type=str, default="autocast")
+parser.add_argument("--device-id", type=str, default=None)
+parser.add_argument("--ui-settings-file", type=str, default="config.json")
+
+cmd_opts = parser.parse_args([])
+
+
+def reset():
+    """Stand-in only: every flag back to its default, in place (modules hold references to cmd_opts)."""
+    fresh = parser.parse_args([])
+    cmd_opts.__dict__.clear()
+    cmd_opts.__dict__.update(vars(fresh))
