@@ -1,15 +1,21 @@
-"""What InstantID computes once per generation: face tokens, per-layer face K/V, and keypoint hints per size."""
+"""What InstantID computes once per generation: face tokens, per-layer face K/V, and keypoint hints per size; and a
+store that keeps them across jobs."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from .keypoints import draw_keypoints
 from .models.adapter import FaceAdapter
-from .models.identitynet import IdentityNet
+from .models.identitynet import IdentityNet, ProjectedContext
 from .models.resampler import split_heads
 
 UNCOND, COND = 0, 1  # row indices into every [2, ...] tensor below
@@ -54,22 +60,96 @@ def face_kv(adapter: FaceAdapter, tokens: FaceTokens, heads: list[int]) -> list[
     return out
 
 
+T = TypeVar("T")
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype
+
+
+class ConditioningStore:
+    """Face tokens, per-layer face K/V, the IdentityNet's projected face context and keypoint hints, kept across jobs.
+
+    A repeated job (same face, same models, same size) then reuses them instead of running the Resampler, every
+    layer's K/V projection and the full-resolution hint embedding again. Entries belong to one model object and go
+    with it (weak keys: a model dropped from the model cache takes its entries along); each key names everything else
+    the value depends on: the inputs' content (the embedding's and keypoints' bytes, the size, the rows' kinds), the
+    tokens object it was derived from (kept alive by the entry, so its id cannot be reused), and the model's and the
+    outputs' device and dtype. At most `per_model` entries per model, least recently used dropped first.
+    """
+
+    def __init__(self, per_model: int = 8) -> None:
+        self.per_model = per_model
+        self._entries: "weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, object]]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def _get(self, model: nn.Module, key: Hashable, compute: Callable[[], T]) -> T:
+        key = (key, _placement(model))
+        with self._lock:
+            entries = self._entries.get(model)
+            if entries is None:
+                entries = self._entries[model] = OrderedDict()
+            if key in entries:
+                entries.move_to_end(key)
+                return entries[key]
+        value = compute()
+        with self._lock:
+            entries[key] = value
+            while len(entries) > self.per_model:
+                entries.popitem(last=False)
+        return value
+
+    def tokens(self, adapter: FaceAdapter, embedding: np.ndarray, device: torch.device,
+               dtype: torch.dtype) -> FaceTokens:
+        e = np.ascontiguousarray(embedding, dtype=np.float32)
+        return self._get(adapter, ("tokens", e.tobytes(), str(device), dtype),
+                         lambda: project_face(adapter, e, device, dtype))
+
+    def face_kv(self, adapter: FaceAdapter, tokens: FaceTokens, heads: list[int]) -> list[LayerKV]:
+        key = ("face_kv", id(tokens), tuple(heads))
+        return self._get(adapter, key, lambda: (tokens, face_kv(adapter, tokens, heads)))[1]
+
+    def projected_context(self, identitynet: IdentityNet, tokens: FaceTokens, kinds: tuple[int, ...],
+                          compute: Callable[[], ProjectedContext]) -> ProjectedContext:
+        """`compute` projects `tokens`' rows of these kinds with the IdentityNet."""
+        return self._get(identitynet, ("context", id(tokens), kinds), lambda: (tokens, compute()))[1]
+
+    def hint(self, identitynet: IdentityNet, keypoints: np.ndarray, size: tuple[int, int],
+             compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`compute` draws and embeds the keypoint image of `keypoints` at `size`."""
+        points = np.ascontiguousarray(keypoints, dtype=np.float64)
+        return self._get(identitynet, ("hint", tuple(size), points.tobytes()), compute)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class HintFeatures:
     """The IdentityNet's embedding of the keypoint image, drawn natively at each requested size and cached.
 
-    The embedding depends only on the image, so it is computed once per size instead of at every step.
+    The embedding depends only on the image, so it is computed once per size instead of at every step, and with a
+    `store` once per keypoints and size across jobs.
     `keypoints_for(width, height)` gives the 5 keypoints in the pixels of a generation of that size.
     """
 
-    def __init__(self, identitynet: IdentityNet, keypoints_for: Callable[[int, int], np.ndarray]) -> None:
+    def __init__(self, identitynet: IdentityNet, keypoints_for: Callable[[int, int], np.ndarray],
+                 store: ConditioningStore | None = None) -> None:
         self.identitynet = identitynet
         self.keypoints_for = keypoints_for
+        self.store = store
         self._by_size: dict[tuple[int, int], torch.Tensor] = {}
 
     @torch.no_grad()
     def get(self, width: int, height: int) -> torch.Tensor:
         if (width, height) not in self._by_size:
-            self._by_size[(width, height)] = self.identitynet.embed_hint(self.image(width, height))
+            if self.store is None:
+                features = self.identitynet.embed_hint(self.image(width, height))
+            else:
+                features = self.store.hint(self.identitynet, self.keypoints_for(width, height), (width, height),
+                                           lambda: self.identitynet.embed_hint(self.image(width, height)))
+            self._by_size[(width, height)] = features
         return self._by_size[(width, height)]
 
     def image(self, width: int, height: int) -> torch.Tensor:

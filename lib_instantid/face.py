@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InstantIDError, ModelError, NoFaceError, SetupError
+from .images import SOURCE_DIGEST
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +172,13 @@ class FaceAnalyzer:
 
     def detect(self, image: ImageInput) -> list[DetectedFace]:
         """All faces, largest box first; [] when none."""
-        bgr = to_bgr_uint8(image)
-        analysed = _downscaled(bgr)
-        key = _content_key(analysed, bgr.shape)
-        faces = self._cache.get(key)
+        key = _file_key(image)
+        faces = None if key is None else self._cache.get(key)
         if faces is None:
-            faces = self._analyse(analysed, bgr.shape)
+            bgr = to_bgr_uint8(image)
+            analysed = _downscaled(bgr)
+            key = key or _content_key(analysed, bgr.shape)
+            faces = self._cache.get(key) or self._analyse(analysed, bgr.shape)
             self._cache[key] = faces
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
@@ -185,18 +187,7 @@ class FaceAnalyzer:
 
     def face(self, image: ImageInput, index: int = 0, *, what: str = "face image") -> DetectedFace:
         """The face at `index` (0 = largest) in `image`; `what` names the image in error messages."""
-        faces = self.detect(image)
-        if not faces:
-            raise NoFaceError(
-                f"No face found in the {what}. Try a clearer, larger, frontal photo with the face well lit, "
-                "or crop the image closer to the face."
-            )
-        if not 0 <= index < len(faces):
-            raise InstantIDError(
-                f"Face index {index} is out of range: {len(faces)} face(s) found in the {what}, "
-                f"so use 0 to {len(faces) - 1} (0 is the largest face)."
-            )
-        return faces[index]
+        return choose_face(self.detect(image), index, what)
 
     def _analyse(self, analysed: np.ndarray, input_shape: tuple[int, ...]) -> list[DetectedFace]:
         from insightface.app.common import Face
@@ -231,6 +222,21 @@ class FaceAnalyzer:
         return boxes, keypoints
 
 
+def choose_face(faces: Sequence[DetectedFace], index: int, what: str) -> DetectedFace:
+    """The face at `index` of faces found (largest first), or why there is none; `what` names the image."""
+    if not faces:
+        raise NoFaceError(
+            f"No face found in the {what}. Try a clearer, larger, frontal photo with the face well lit, "
+            "or crop the image closer to the face."
+        )
+    if not 0 <= index < len(faces):
+        raise InstantIDError(
+            f"Face index {index} is out of range: {len(faces)} face(s) found in the {what}, "
+            f"so use 0 to {len(faces) - 1} (0 is the largest face)."
+        )
+    return faces[index]
+
+
 def _load_model(path: Path, task: str, providers: list[str]):
     from insightface.model_zoo import get_model
 
@@ -255,6 +261,13 @@ def _downscaled(bgr: np.ndarray) -> np.ndarray:
         return bgr
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+
+
+def _file_key(image: ImageInput) -> bytes | None:
+    """For an image decoded from file bytes (lib_instantid.images records their digest), a key from those bytes:
+    cheaper than hashing the pixels, and the pixels follow from the bytes."""
+    digest = image.info.get(SOURCE_DIGEST) if isinstance(image, Image.Image) else None
+    return None if digest is None else repr((digest, image.size, image.mode)).encode()
 
 
 def _content_key(analysed: np.ndarray, input_shape: tuple[int, ...]) -> bytes:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import warnings
 
@@ -12,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InstantIDError
 
 MAX_PIXELS = 100_000_000  # a decoded image beyond this is refused instead of filling memory
+SOURCE_DIGEST = "instantid_source_digest"  # image.info key: digest of the file bytes the image was decoded from
 
 
 def decode_image(value: object, field: str) -> Image.Image:
@@ -68,4 +70,5 @@ def _open(data: bytes, field: str) -> Image.Image:
             f"{field} is not a readable image ({type(e).__name__}: {e}). Send a PNG, JPEG or WebP as base64.",
             field=field,
         ) from e
+    image.info[SOURCE_DIGEST] = hashlib.blake2b(data, digest_size=16).hexdigest()
     return ImageOps.exif_transpose(image)

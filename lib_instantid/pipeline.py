@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from .args import InstantIDArgs
-from .conditioning import FaceTokens, HintFeatures, project_face
-from .face import DetectedFace, FaceAnalyzer, average_embedding
+from .conditioning import ConditioningStore, FaceTokens, HintFeatures
+from .face import DetectedFace, FaceAnalyzer, average_embedding, choose_face
 from .models import catalog
 from .models.adapter import FaceAdapter
 from .models.identitynet import IdentityNet
@@ -22,6 +22,8 @@ from .models.loading import ModelCache, load_adapter, load_identitynet
 from .unet_hooks import CallInfoSource, InstantIDHooks, Schedule, cross_attention_layers
 
 MODEL_CACHE = ModelCache(capacity=2)
+# Tokens, K/V and hints of recent faces, per loaded model: a repeated job (same face, models, size) reuses them.
+CONDITIONING = ConditioningStore()
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,15 @@ def analyse_faces(
     chosen, found = [], []
     for i, photo in enumerate(args.face_image):
         what = "face image" if len(args.face_image) == 1 else f"face image {i + 1}"
-        chosen.append(analyzer.face(photo, args.face_index, what=what))
-        found.append(len(analyzer.detect(photo)))
+        faces = analyzer.detect(photo)
+        chosen.append(choose_face(faces, args.face_index, what))
+        found.append(len(faces))
     pose = chosen[0]
     if pose_image is not None:
-        pose = analyzer.face(pose_image, 0, what=pose_what)
+        faces = analyzer.detect(pose_image)
+        pose = choose_face(faces, 0, pose_what)
         if pick_pose is not None:
-            pose = pick_pose(analyzer.detect(pose_image))
+            pose = pick_pose(faces)
     return Faces(average_embedding(chosen), chosen, pose, found)
 
 
@@ -77,13 +81,13 @@ class Job:
     def hooks(self, unet: torch.nn.Module, call_info: CallInfoSource,
               keypoints_for: Callable[[int, int], np.ndarray]) -> InstantIDHooks:
         a = self.args
-        hint = None if self.identitynet is None else HintFeatures(self.identitynet, keypoints_for)
+        hint = None if self.identitynet is None else HintFeatures(self.identitynet, keypoints_for, CONDITIONING)
         return InstantIDHooks(
             unet, self.tokens, call_info,
             adapter=self.adapter, adapter_schedule=Schedule(a.adapter_weight, a.adapter_start, a.adapter_end),
             identitynet=self.identitynet,
             identitynet_schedule=Schedule(a.identitynet_weight, a.identitynet_start, a.identitynet_end),
-            hint=hint,
+            hint=hint, store=CONDITIONING,
         )
 
     def infotext(self) -> str:
@@ -111,5 +115,5 @@ def prepare_job(args: InstantIDArgs, faces: Faces, models: list[catalog.ModelEnt
     identitynet = None
     if identitynet_entry is not None:
         identitynet = MODEL_CACHE.get(identitynet_entry.path, load_identitynet, device, dtype)
-    tokens = project_face(adapter, faces.embedding, device, dtype)
+    tokens = CONDITIONING.tokens(adapter, faces.embedding, device, dtype)
     return Job(args, faces, adapter_entry, identitynet_entry, adapter, identitynet, tokens)

@@ -21,15 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .conditioning import FaceTokens, HintFeatures, LayerKV, face_kv
+from .conditioning import ConditioningStore, FaceTokens, HintFeatures, face_kv
 from .errors import ModelError
 from .models.adapter import FaceAdapter
-from .models.identitynet import IdentityNet
-from .models.resampler import merge_heads, split_heads
+from .models.catalog import family_name
+from .models.identitynet import IdentityNet, ProjectedContext
+from .models.resampler import split_heads
 
 LATENT_SCALE = 8  # pixels per latent cell in SD/SDXL VAEs
-FAMILY_BY_LAYER_COUNT = {70: "SDXL", 16: "SD1.5/SD2"}
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # UNets with hooks, without marking the UNet itself
+_LAYERS: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,14 @@ CallInfoSource = Callable[[torch.Tensor, torch.Tensor], CallInfo]  # (x, context
 
 
 def cross_attention_layers(unet: nn.Module) -> list[nn.Module]:
-    """The `attn2` modules in the order the adapter's weights are published: input, output, then middle blocks."""
-    layers = []
-    for part in (unet.input_blocks, unet.output_blocks, unet.middle_block):
-        layers += [m for name, m in part.named_modules() if name.endswith("attn2")]
-    return layers
+    """The `attn2` modules in the order the adapter's weights are published: input, output, then middle blocks.
+    Found once per UNet (a walk over thousands of modules): a checkpoint change with another architecture brings a
+    new UNet object, and loading weights into the same one leaves its modules in place."""
+    layers = _LAYERS.get(unet)
+    if layers is None:
+        layers = _LAYERS[unet] = [m for part in (unet.input_blocks, unet.output_blocks, unet.middle_block)
+                                  for name, m in part.named_modules() if name.endswith("attn2")]
+    return list(layers)
 
 
 def skip_channels(unet: nn.Module) -> list[int]:
@@ -73,19 +77,19 @@ def skip_channels(unet: nn.Module) -> list[int]:
     return channels
 
 
-def check_compatible(unet: nn.Module, adapter: FaceAdapter | None, identitynet: IdentityNet | None) -> None:
-    """Refuse weights made for another UNet family, saying what was found and what the UNet needs."""
-    layers = cross_attention_layers(unet)
+def check_compatible(unet: nn.Module, adapter: FaceAdapter | None, identitynet: IdentityNet | None,
+                     layers: list[nn.Module] | None = None) -> None:
+    """Refuse weights made for another UNet family, saying what was found and what the UNet needs. `layers`: the
+    UNet's `cross_attention_layers`, when the caller has them already."""
+    layers = cross_attention_layers(unet) if layers is None else layers
     context_dim = layers[0].to_k.in_features
-    unet_family = _family(len(layers))
+    unet_family = f"{family_name(context_dim)} ({len(layers)} cross-attention layers)"
     if adapter is not None:
         shapes = [tuple(kv.to_k_ip.weight.shape) for kv in adapter.layers]
-        wanted = [tuple(layer.to_k.weight.shape) for layer in layers]
-        if shapes != wanted:
+        if shapes != [tuple(layer.to_k.weight.shape) for layer in layers]:
             raise ModelError(
-                f"The face adapter is made for {_family(len(shapes))} ({len(shapes)} cross-attention layers, context "
-                f"{adapter.context_dim}) but the loaded checkpoint is {unet_family} ({len(wanted)} layers, context "
-                f"{context_dim}). Choose the adapter that matches the checkpoint."
+                f"The face adapter is made for {family_name(adapter.context_dim)} ({len(shapes)} cross-attention "
+                f"layers) but the loaded checkpoint is {unet_family}. Choose the adapter that matches the checkpoint."
             )
     if identitynet is not None:
         cfg = identitynet.config
@@ -93,15 +97,10 @@ def check_compatible(unet: nn.Module, adapter: FaceAdapter | None, identitynet: 
         wanted = (context_dim, skip_channels(unet), _label_dim(unet))
         if found != wanted:
             raise ModelError(
-                f"The IdentityNet does not fit the loaded checkpoint ({unet_family}): it has context {found[0]}, "
-                f"{len(found[1])} skip residuals and added-condition width {found[2]}; the checkpoint needs context "
-                f"{wanted[0]}, {len(wanted[1])} residuals and width {wanted[2]}. Choose the IdentityNet that matches "
-                f"the checkpoint."
+                f"The IdentityNet is made for {family_name(cfg.context_dim)} ({len(found[1])} skip residuals, "
+                f"added-condition width {found[2]}) but the loaded checkpoint is {unet_family} ({len(wanted[1])} "
+                f"skip connections, width {wanted[2]}). Choose the IdentityNet that matches the checkpoint."
             )
-
-
-def _family(layer_count: int) -> str:
-    return FAMILY_BY_LAYER_COUNT.get(layer_count, "an unknown model family")
 
 
 def _label_dim(unet: nn.Module) -> int | None:
@@ -111,24 +110,52 @@ def _label_dim(unet: nn.Module) -> int | None:
     return next(m for m in label_emb.modules() if isinstance(m, nn.Linear)).in_features
 
 
+MAX_ROW_LAYOUTS = 8  # row layouts remembered per session (a job sees 1-3: batched, split, cond only)
+
+
+class _Rows:
+    """What one row layout (the kind of each row of a UNet call) determines within a session: the face K/V of each
+    layer for those rows and the IdentityNet's projected face context. Both are pure functions of the layout and the
+    session's fixed tokens and weights, so a later call with the same layout reuses them instead of selecting rows
+    and projecting again in every layer of every step. The layout itself is still read in every call."""
+
+    def __init__(self, kinds: tuple[int, ...], device: torch.device) -> None:
+        self.kinds = kinds
+        self.row_kind = torch.tensor(kinds, dtype=torch.long, device=device)
+        self.face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.identitynet_context: ProjectedContext | None = None
+
+    def select(self, both: torch.Tensor) -> torch.Tensor:
+        """Rows of a [2, ...] UNCOND/COND tensor for this layout; a broadcast view when all rows are one kind."""
+        if len(set(self.kinds)) == 1:
+            kind = self.kinds[0]
+            return both[kind:kind + 1].expand(len(self.kinds), *both.shape[1:])
+        return both.index_select(0, self.row_kind)
+
+
 @dataclass
 class _CallState:
-    row_kind: torch.Tensor
-    adapter_weight: float  # 0 when the adapter path is off for this call
-    residuals: list[torch.Tensor] | None  # scaled, in the order of the input blocks
+    rows: _Rows
+    face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer, for these rows, V × adapter weight; None: off
+    residuals: list[torch.Tensor] | None  # unscaled, in the order of the input blocks
     mid: torch.Tensor | None
+    identitynet_weight: float
+
+    @property
+    def row_kind(self) -> torch.Tensor:
+        return self.rows.row_kind
 
 
 class _FaceAttention:
-    """The face term of one cross-attention layer."""
+    """The face term of one cross-attention layer (the index-th in adapter order)."""
 
-    def __init__(self, hooks: "InstantIDHooks", attn: nn.Module, kv: LayerKV) -> None:
-        self.hooks, self.kv, self.heads = hooks, kv, attn.heads
+    def __init__(self, hooks: "InstantIDHooks", attn: nn.Module, index: int) -> None:
+        self.hooks, self.index, self.heads = hooks, index, attn.heads
         self.query: torch.Tensor | None = None
 
     def keep_query(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         state = self.hooks.call
-        self.query = output if state is not None and state.adapter_weight else None
+        self.query = output if state is not None and state.face_kv is not None else None
 
     def add_face(self, module: nn.Module, args: tuple) -> tuple | None:
         query, self.query = self.query, None
@@ -141,10 +168,13 @@ class _FaceAttention:
                 f"{state.row_kind.shape[0]}; another extension changes the batch inside the UNet, which InstantID "
                 "cannot follow. Disable one of them."
             )
-        k, v = (t.index_select(0, state.row_kind) for t in (self.kv.k, self.kv.v))
+        k, v = state.face_kv[self.index]  # V carries the adapter weight s
         face = F.scaled_dot_product_attention(split_heads(query, self.heads), k.to(query.dtype), v.to(query.dtype))
         hidden = args[0]
-        return (hidden + state.adapter_weight * merge_heads(face).to(hidden.dtype),) + args[1:]
+        # hidden + merge_heads(face), adding through a [B, N, heads, d] view instead of materialising the merge.
+        b, n, _ = hidden.shape
+        added = hidden.reshape(b, n, self.heads, -1) + face.transpose(1, 2).to(hidden.dtype)
+        return (added.reshape(b, n, -1),) + args[1:]
 
 
 class InstantIDHooks:
@@ -161,16 +191,23 @@ class InstantIDHooks:
         identitynet: IdentityNet | None = None,
         identitynet_schedule: Schedule = Schedule(0.0),
         hint: HintFeatures | None = None,
+        store: ConditioningStore | None = None,
     ) -> None:
-        check_compatible(unet, adapter, identitynet)
+        """`store` keeps the face K/V and the IdentityNet's projected face context for later sessions (jobs) with
+        the same tokens and models; without one they are computed for this session only."""
+        self.layers = cross_attention_layers(unet)
+        check_compatible(unet, adapter, identitynet, self.layers)
         self.unet, self.tokens, self.call_info = unet, tokens, call_info
         self.adapter_schedule = adapter_schedule if adapter is not None else Schedule(0.0)
         self.identitynet, self.identitynet_schedule = identitynet, identitynet_schedule
-        self.hint = hint
-        self.layers = cross_attention_layers(unet)
-        self.face_kv = face_kv(adapter, tokens, [a.heads for a in self.layers]) if adapter is not None else []
+        self.hint, self.store = hint, store
+        self.face_kv = []
+        if adapter is not None:
+            heads = [a.heads for a in self.layers]
+            self.face_kv = store.face_kv(adapter, tokens, heads) if store else face_kv(adapter, tokens, heads)
         self.call: _CallState | None = None
         self._handles: list[RemovableHandle] = []
+        self._rows: dict[tuple[int, ...], _Rows] = {}
 
     @property
     def attached(self) -> bool:
@@ -189,8 +226,8 @@ class InstantIDHooks:
             for j, block in enumerate(self.unet.output_blocks):
                 hook(block.register_forward_pre_hook(self._skip_adder(n - 1 - j)))
             hook(self.unet.middle_block.register_forward_hook(self._add_mid))
-        for attn, kv in zip(self.layers, self.face_kv):
-            face = _FaceAttention(self, attn, kv)
+        for index, attn in enumerate(self.layers[:len(self.face_kv)]):
+            face = _FaceAttention(self, attn, index)
             hook(attn.to_q.register_forward_hook(face.keep_query))
             hook(attn.to_out[0].register_forward_pre_hook(face.add_face))
         _ATTACHED.add(self.unet)
@@ -219,29 +256,49 @@ class InstantIDHooks:
                 f"InstantID: the UNet was called with {x.shape[0]} rows but the sampler described "
                 f"{info.row_kind.shape[0]}; cannot tell cond from uncond rows."
             )
-        row_kind = info.row_kind.to(self.tokens.both.device)
-        adapter_on = self.adapter_schedule.active(info.step, info.total_steps)
+        rows = self._rows_of(tuple(int(kind) for kind in info.row_kind.tolist()))
+        face_kv = None
+        if self.adapter_schedule.active(info.step, info.total_steps):
+            face_kv = self._face_kv_of(rows)
         residuals, mid = None, None
         if self.identitynet is not None and self.identitynet_schedule.active(info.step, info.total_steps):
-            residuals, mid = self._run_identitynet(x, timesteps, row_kind, y)
-        self.call = _CallState(row_kind, self.adapter_schedule.weight if adapter_on else 0.0, residuals, mid)
+            residuals, mid = self._run_identitynet(x, timesteps, rows, y)
+        self.call = _CallState(rows, face_kv, residuals, mid, self.identitynet_schedule.weight)
+
+    def _rows_of(self, kinds: tuple[int, ...]) -> _Rows:
+        rows = self._rows.get(kinds)
+        if rows is None:
+            if len(self._rows) >= MAX_ROW_LAYOUTS:
+                self._rows.pop(next(iter(self._rows)))
+            rows = self._rows[kinds] = _Rows(kinds, self.tokens.both.device)
+        return rows
+
+    def _face_kv_of(self, rows: _Rows) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if rows.face_kv is None:
+            s = self.adapter_schedule.weight
+            rows.face_kv = [(rows.select(kv.k), rows.select(kv.v * s)) for kv in self.face_kv]
+        return rows.face_kv
 
     def _after_unet(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.call = None
 
     @torch.no_grad()
     def _run_identitynet(
-        self, x: torch.Tensor, timesteps: torch.Tensor, row_kind: torch.Tensor, y: torch.Tensor | None
+        self, x: torch.Tensor, timesteps: torch.Tensor, rows: _Rows, y: torch.Tensor | None
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         net = self.identitynet
         dtype = next(net.parameters()).dtype
         hint = self.hint.get(x.shape[-1] * LATENT_SCALE, x.shape[-2] * LATENT_SCALE)
         # Inpainting UNets take extra input channels (mask, masked image); the IdentityNet sees the latent only.
         latent = x[:, : net.config.in_channels].to(dtype)
-        context = self.tokens.for_rows(row_kind).to(dtype)
-        down, mid = net(latent, timesteps, context, hint, None if y is None else y.to(dtype))
-        weight = self.identitynet_schedule.weight
-        return [r * weight for r in down], mid * weight
+        if rows.identitynet_context is None:  # the face tokens of these rows, projected by every attn2 once
+            def project():
+                return net.project_context(self.tokens.for_rows(rows.row_kind).to(dtype))
+
+            rows.identitynet_context = (project() if self.store is None
+                                        else self.store.projected_context(net, self.tokens, rows.kinds, project))
+        # Unscaled: the weight is applied where the residuals are added (torch.add's alpha, no extra pass).
+        return net(latent, timesteps, rows.identitynet_context, hint, None if y is None else y.to(dtype))
 
     def _skip_adder(self, index: int) -> Callable:
         def add_to_skip(module: nn.Module, args: tuple) -> tuple | None:
@@ -250,7 +307,7 @@ class InstantIDHooks:
                 return None
             h = args[0]
             residual = state.residuals[index]
-            skip = h[:, -residual.shape[1]:] + residual.to(h.dtype)
+            skip = torch.add(h[:, -residual.shape[1]:], residual.to(h.dtype), alpha=state.identitynet_weight)
             return (torch.cat([h[:, : -residual.shape[1]], skip], dim=1),) + args[1:]
 
         return add_to_skip
@@ -259,7 +316,7 @@ class InstantIDHooks:
         state = self.call
         if state is None or state.mid is None:
             return None
-        return output + state.mid.to(output.dtype)
+        return torch.add(output, state.mid.to(output.dtype), alpha=state.identitynet_weight)
 
 
 def _unet_inputs(args: tuple, kwargs: dict) -> tuple:

@@ -243,6 +243,20 @@ def test_same_content_is_answered_from_the_cache(analyzer, session_runs):
     assert len(session_runs) > runs_after_first
 
 
+def test_the_same_file_bytes_skip_conversion_and_hashing_of_pixels(analyzer, session_runs, monkeypatch):
+    from lib_instantid.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.fromarray(paint_marker(photo("astronaut"), (256, 256), 40, "cyan")).save(buffer, format="PNG")
+    first = analyzer.detect(decode_image(buffer.getvalue(), "face_image"))
+    conversions = []
+    monkeypatch.setattr(face_module, "to_bgr_uint8", lambda image: conversions.append(1))
+    runs = len(session_runs)
+    again = analyzer.detect(decode_image(buffer.getvalue(), "face_image"))
+    assert not conversions and len(session_runs) == runs
+    assert np.array_equal(again[0].keypoints, first[0].keypoints)
+
+
 def test_cache_is_bounded_least_recently_used_first(antelopev2_root, session_runs):
     small_cache = FaceAnalyzer(antelopev2_root / "antelopev2", providers=CPU, cache_size=2)
     images = [paint_marker(photo("astronaut"), (256, 256), side, "cyan") for side in (20, 24, 28)]

@@ -74,9 +74,9 @@ def test_identitynet_matches_diffusers_controlnet(kind, weight_files):
 
 def test_wrong_family_is_refused_against_the_unet(weight_files):
     sdxl_unet = tm.tiny_unet("sdxl")
-    with pytest.raises(ModelError, match=r"made for .* but the loaded checkpoint is"):
+    with pytest.raises(ModelError, match=r"adapter is made for SD1.5 .* but the loaded checkpoint is"):
         check_compatible(sdxl_unet, load_adapter(weight_files["sd15"]["adapter_bin"]), None)
-    with pytest.raises(ModelError, match="IdentityNet does not fit"):
+    with pytest.raises(ModelError, match="IdentityNet is made for SD1.5"):
         check_compatible(sdxl_unet, None, load_identitynet(weight_files["sd15"]["identitynet_single"]))
     check_compatible(sdxl_unet, load_adapter(weight_files["sdxl"]["adapter_bin"]),
                      load_identitynet(weight_files["sdxl"]["identitynet_single"]))

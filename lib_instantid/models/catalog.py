@@ -5,6 +5,7 @@ outside the model folders never reaches the file system.
 """
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -88,7 +89,19 @@ def _context_dim(shapes: dict[str, list[int]] | None) -> int | None:
 
 
 def read_shapes(path: Path) -> dict[str, list[int]] | None:
-    """Tensor shapes without reading the tensors: the safetensors header, or a memory-mapped weights-only pickle."""
+    """Tensor shapes without reading the tensors: the safetensors header, or a memory-mapped weights-only pickle.
+
+    Remembered per file identity (path, size, modification time, inode), as the model cache does: every job scans
+    the model folders, and a pickle's shapes take tens of milliseconds to read. Callers must not modify the result."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return _read_shapes_of(Path(path), (stat.st_size, stat.st_mtime_ns, stat.st_ino))
+
+
+@functools.lru_cache(maxsize=64)
+def _read_shapes_of(path: Path, identity: tuple[int, int, int]) -> dict[str, list[int]] | None:
     try:
         if path.suffix == ".safetensors":
             return _safetensors_shapes(path)

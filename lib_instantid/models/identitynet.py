@@ -119,6 +119,19 @@ class ResnetBlock(nn.Module):
         return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
 
 
+@dataclass(frozen=True)
+class ProjectedContext:
+    """A cross-attention context already projected to keys and values by every cross-attention layer:
+    {attn2 module: (k, v)}, each [B, heads, N, head_dim].
+
+    InstantID's IdentityNet context is the face tokens, constant for a whole generation, so their to_k/to_v
+    projections are computed once (`IdentityNet.project_context`) instead of in every call. Exact: the same
+    products, only not repeated.
+    """
+
+    kv: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, context_dim: int, heads: int) -> None:
         super().__init__()
@@ -128,9 +141,16 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, dim, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Identity()])  # index 1 held dropout
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        context = x if context is None else context
-        q, k, v = (split_heads(t, self.heads) for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+    def project(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a context [B, N, context_dim], split into heads."""
+        return split_heads(self.to_k(context), self.heads), split_heads(self.to_v(context), self.heads)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | ProjectedContext | None = None) -> torch.Tensor:
+        q = split_heads(self.to_q(x), self.heads)
+        if isinstance(context, ProjectedContext):
+            k, v = context.kv[self]
+        else:
+            k, v = self.project(x if context is None else context)
         return self.to_out[0](merge_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
@@ -165,7 +185,7 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | ProjectedContext) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
@@ -180,7 +200,7 @@ class Transformer2D(nn.Module):
         self.transformer_blocks = nn.ModuleList(TransformerBlock(dim, context_dim, heads) for _ in range(depth))
         self.proj_out = nn.Linear(dim, dim) if linear else nn.Conv2d(dim, dim, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | ProjectedContext) -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.norm(x)
         if not self.linear:
@@ -223,7 +243,7 @@ class DownBlock(nn.Module):
             )
         self.downsamplers = None if last else nn.ModuleList([Downsample(out_ch)])
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | ProjectedContext) -> list[torch.Tensor]:
         outputs = []
         attentions = getattr(self, "attentions", [None] * len(self.resnets))
         for resnet, attention in zip(self.resnets, attentions):
@@ -244,7 +264,7 @@ class MidBlock(nn.Module):
             [Transformer2D(ch, cfg.context_dim, cfg.heads[-1], cfg.mid_transformer_depth, cfg.linear_projection)]
         )
 
-    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, context: torch.Tensor | ProjectedContext) -> torch.Tensor:
         h = self.resnets[0](h, temb)
         return self.resnets[1](self.attentions[0](h, context), temb)
 
@@ -294,6 +314,13 @@ class IdentityNet(nn.Module):
             out += [c] * (n + (i < len(ch) - 1))
         return out
 
+    @torch.no_grad()
+    def project_context(self, context: torch.Tensor) -> ProjectedContext:
+        """The keys/values of a cross-attention context [B, N, context_dim] for every transformer block, to pass as
+        `forward`'s context when the same context serves many calls."""
+        return ProjectedContext({block.attn2: block.attn2.project(context)
+                                 for block in self.modules() if isinstance(block, TransformerBlock)})
+
     def embed_hint(self, hint: torch.Tensor) -> torch.Tensor:
         """The keypoint image [B, 3, H, W] (RGB in [0, 1]) encoded to the latent resolution; constant per image."""
         return self.controlnet_cond_embedding(hint)
@@ -302,14 +329,15 @@ class IdentityNet(nn.Module):
         self,
         x: torch.Tensor,
         timesteps: torch.Tensor,
-        context: torch.Tensor,
+        context: torch.Tensor | ProjectedContext,
         hint_features: torch.Tensor,
         y: torch.Tensor | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Residuals for the UNet's skip connections and its middle block (unscaled).
 
         `y` is the UNet's own added-condition vector (SDXL: pooled text + size embeddings), which is exactly what
-        add_embedding takes; `context` holds the face tokens of each row; `hint_features` come from `embed_hint`.
+        add_embedding takes; `context` holds the face tokens of each row [B, N, C], or their `project_context`;
+        `hint_features` come from `embed_hint`.
         """
         temb = self.time_embedding(timestep_features(timesteps, self.config.block_out_channels[0]).to(x.dtype))
         if self.config.addition_dim is not None:

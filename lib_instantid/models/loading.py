@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import mmap
 import pickle
+import struct
+import sys
 import threading
 import zipfile
 from collections import OrderedDict
@@ -11,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 
@@ -38,14 +40,78 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return _flatten(_read_pickle(path))
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # bytes; safetensors' own limit
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return safetensors.torch.load_file(path)
-    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        return _map_safetensors(path)
+    except (OSError, ValueError, TypeError, KeyError, struct.error) as e:
         raise ModelError(
             f"{path.name} is not a readable safetensors file ({e}); it is probably truncated or corrupt "
             f"({path.stat().st_size} bytes). Download it again. {SEE_MODELS}"
         ) from e
+
+
+def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file as views of a copy-on-write memory map of it: nothing is copied or read
+    before use, and a write to a tensor would stay in this process. (safetensors' load_file maps the file too, but
+    reads it through once first and then maps its pages one fault at a time on first use: ~2x slower from disk and
+    ~20x slower from the page cache for an SDXL IdentityNet, see bench/job_setup.py.) Validated like safetensors
+    does: header size, known dtypes, and every tensor's bytes inside the file and matching its shape."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+            raise ValueError(f"its header claims {length} bytes")
+        header = json.loads(f.read(length))
+        start = 8 + length
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > start else None
+    if mapped is not None:
+        _prefetch(mapped)
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a table of tensors")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(entry.get("dtype")) if isinstance(entry, dict) else None
+        if dtype is None:
+            raise ValueError(f"{name} has an unknown dtype")
+        shape, (begin, end) = entry["shape"], entry["data_offsets"]
+        if not all(isinstance(n, int) and n >= 0 for n in (*shape, begin, end)):
+            raise ValueError(f"{name} has a malformed shape or offsets")
+        count = math.prod(shape)
+        if end - begin != count * dtype.itemsize or not 0 <= begin <= end <= size - start:
+            raise ValueError(f"{name} lies outside the file or does not match its shape")
+        if count == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            tensors[name] = torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + begin).view(shape)
+    return tensors
+
+
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
+
+
+def _prefetch(mapped: mmap.mmap) -> None:
+    """Read and map every page of the file now, in file order (Linux ≥ 5.14): the first use touches every page
+    anyway, and one sequential pass is faster than faulting them in the order the model uses them. Elsewhere, or on
+    an older kernel, at least start reading ahead."""
+    if not hasattr(mapped, "madvise"):
+        return
+    try:
+        if MADV_POPULATE_READ is None:
+            raise OSError
+        mapped.madvise(MADV_POPULATE_READ)
+    except OSError:
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mapped.madvise(mmap.MADV_WILLNEED)
 
 
 def _read_pickle(path: Path) -> object:
@@ -184,17 +250,23 @@ class ModelCache:
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[tuple, nn.Module] = OrderedDict()
+        # key -> (model, the (device, dtype) it was last moved to by get())
+        self._entries: OrderedDict[tuple, tuple[nn.Module, tuple]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path, loader: Callable[[Path], M], device: torch.device, dtype: torch.dtype) -> M:
         key = (_file_identity(Path(path)), loader.__name__)
+        target = (torch.empty(0, device=device).device, dtype)  # "cuda" resolved to the current device, as .to() does
         with self._lock:
-            model = self._entries.pop(key, None)
+            model, placed = self._entries.pop(key, (None, None))
             if model is None:
                 log.info("Loading %s", path)
                 model = loader(Path(path))
-            self._entries[key] = model.to(device=device, dtype=dtype)
+            # .to() walks every module even when nothing moves; skip it when this cache placed the model there and
+            # it is still there (a host may have moved it since, e.g. offloading to the CPU between jobs).
+            if placed != target or not _still_placed(model, *target):
+                model.to(device=device, dtype=dtype)
+            self._entries[key] = (model, target)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
             return model
@@ -202,6 +274,11 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+def _still_placed(model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    first = next(model.parameters(), None)
+    return first is None or (first.device == device and first.dtype == dtype)
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
