@@ -351,3 +351,17 @@ def test_xyz_axes_override_the_weights(ui):
     labels["[InstantID] Adapter weight"].apply(p, 0.3, [0.3])
     processed = ui.run(p)
     assert "Adapter weight: 0.3" in processed.infotexts[0]
+
+
+def test_preview_button_shows_the_detected_face_or_says_what_to_try(ui):
+    from lib_instantid.hosts import a1111
+
+    overlays, message = a1111.preview([FACE], photo(POSE_CENTRE, POSE_SIDE, colour="magenta"), 0)
+    assert len(overlays) == 2 and "1 face(s) found in the face photo 1" in message
+    box, _ = expected_face(FACE_CENTRE, FACE_SIDE)
+    x1, y1 = int(box[0]), int(box[1])
+    assert tuple(overlays[0][y1 + 1, (x1 + int(box[2])) // 2]) == (0, 255, 0)  # the chosen face's box, in green
+    blank = Image.new("RGB", (64, 64), (90, 90, 90))
+    overlays, message = a1111.preview([], blank, 0)
+    assert "No face found in the pose photo" in message
+    assert a1111.preview(None, None, 0) == ([], "Upload a face photo first.")
