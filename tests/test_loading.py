@@ -168,6 +168,19 @@ def test_cache_reuses_until_the_file_changes(tmp_path, weight_files):
     assert len(loads) == 2
 
 
+def test_converting_a_mapped_file_gives_its_pages_back(weight_files):
+    from lib_instantid.models import loading
+
+    net = load_identitynet(weight_files["sdxl"]["identitynet_single"])
+    mapped = [p.data_ptr() for p in net.parameters() if p.data_ptr() in loading._MAPPED]
+    assert mapped, "the safetensors tensors are views of the mapped file"
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loading.place(net, torch.device("cpu"), torch.float64)
+    assert not any(pointer in loading._MAPPED for pointer in mapped)  # each source released once replaced
+    after = net.state_dict()
+    assert all(after[k].dtype == torch.float64 and torch.equal(after[k], before[k].double()) for k in before)
+
+
 def test_cache_places_models_on_the_requested_dtype(weight_files):
     cache = ModelCache()
     model = cache.get(weight_files["sdxl"]["adapter_bin"], load_adapter, torch.device("cpu"), torch.bfloat16)

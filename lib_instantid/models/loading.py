@@ -9,6 +9,7 @@ import pickle
 import struct
 import sys
 import threading
+import weakref
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -72,6 +73,7 @@ def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
         header = json.loads(f.read(length))
         start = 8 + length
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > start else None
+    _forget_unmapped()
     if mapped is not None:
         _prefetch(mapped)
     if not isinstance(header, dict):
@@ -92,8 +94,45 @@ def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
         if count == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
-            tensors[name] = torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + begin).view(shape)
+            tensor = torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + begin).view(shape)
+            _MAPPED[tensor.data_ptr()] = (weakref.ref(mapped), start + begin, end - begin)
+            tensors[name] = tensor
     return tensors
+
+
+# Tensors that are views of a mapped file: data pointer -> (the map, offset, length), so that `place` can give a
+# tensor's pages back once a converted copy replaces it, instead of holding the file and the copy at once.
+_MAPPED: dict[int, tuple[weakref.ref, int, int]] = {}
+
+
+def _forget_unmapped() -> None:
+    for pointer in [p for p, (ref, _, _) in _MAPPED.items() if ref() is None]:
+        del _MAPPED[pointer]
+
+
+def _release_mapped(tensor: torch.Tensor) -> None:
+    entry = _MAPPED.pop(tensor.data_ptr(), None)
+    mapped = entry[0]() if entry else None
+    if mapped is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    _, offset, length = entry
+    first = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
+    last = (offset + length) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first:
+        mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """`model.to(device, dtype)`, tensor by tensor, giving back each memory-mapped source as soon as its converted copy
+    replaces it: the peak stays near the converted size instead of source + copy."""
+
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+        if moved.data_ptr() != tensor.data_ptr():
+            _release_mapped(tensor)
+        return moved
+
+    model._apply(convert)
 
 
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform.startswith("linux") else None)
@@ -265,7 +304,7 @@ class ModelCache:
             # .to() walks every module even when nothing moves; skip it when this cache placed the model there and
             # it is still there (a host may have moved it since, e.g. offloading to the CPU between jobs).
             if placed != target or not _still_placed(model, *target):
-                model.to(device=device, dtype=dtype)
+                place(model, device, dtype)
             self._entries[key] = (model, target)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
