@@ -222,13 +222,15 @@ class FaceAnalyzer:
         return boxes, keypoints
 
 
+def no_face_message(what: str) -> str:
+    return (f"No face found in the {what}. Try a clearer, larger, frontal photo with the face well lit, "
+            "or crop the image closer to the face.")
+
+
 def choose_face(faces: Sequence[DetectedFace], index: int, what: str) -> DetectedFace:
     """The face at `index` of faces found (largest first), or why there is none; `what` names the image."""
     if not faces:
-        raise NoFaceError(
-            f"No face found in the {what}. Try a clearer, larger, frontal photo with the face well lit, "
-            "or crop the image closer to the face."
-        )
+        raise NoFaceError(no_face_message(what))
     if not 0 <= index < len(faces):
         raise InstantIDError(
             f"Face index {index} is out of range: {len(faces)} face(s) found in the {what}, "

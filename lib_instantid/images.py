@@ -6,6 +6,7 @@ import binascii
 import hashlib
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -17,8 +18,9 @@ SOURCE_DIGEST = "instantid_source_digest"  # image.info key: digest of the file 
 
 
 def decode_image(value: object, field: str) -> Image.Image:
-    """A PIL image, EXIF-rotated, from base64 (a data-URL prefix allowed), file bytes, a PIL image, a numpy array,
-    or gradio's {"image": ...} dict. `field` names the setting in error messages."""
+    """A PIL image, EXIF-rotated, from base64 (a data-URL prefix allowed), file bytes, a panel upload (gradio's
+    temporary file), a PIL image, a numpy array, or gradio's {"image": ...} dict. `field` names the setting in error
+    messages."""
     if isinstance(value, dict) and "image" in value:  # gradio's image-with-tool value
         value = value["image"]
     if isinstance(value, Image.Image):
@@ -29,9 +31,16 @@ def decode_image(value: object, field: str) -> Image.Image:
         return _from_base64(value, field)
     if isinstance(value, bytes):
         return _open(value, field)
+    if _is_upload(value):
+        return _open(Path(value.name).read_bytes(), field)
     raise InstantIDError(
         f"{field}: expected an image as a base64 string, got {type(value).__name__}.", field=field
     )
+
+
+def _is_upload(value: object) -> bool:
+    """A panel upload: gradio hands the script a temporary file object (never reachable from the JSON API)."""
+    return isinstance(getattr(value, "name", None), str) and not isinstance(value, str) and Path(value.name).is_file()
 
 
 def _from_array(value: np.ndarray, field: str) -> Image.Image:

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import InstantIDError
-from .face import DetectedFace, FaceAnalyzer
+from .face import DetectedFace, FaceAnalyzer, no_face_message
 from .keypoints import draw_keypoints
 
 CHOSEN, OTHER = (0, 255, 0), (160, 160, 160)
@@ -27,7 +27,7 @@ def detect(analyzer: FaceAnalyzer, image: Image.Image, index: int = 0, what: str
     faces = analyzer.detect(image)
     rgb = np.array(image.convert("RGB"))
     if not faces:
-        return Detection(rgb, [], f"No face found in the {what}. Try a clearer, larger, frontal, well-lit photo.")
+        return Detection(rgb, [], no_face_message(what))
     if not 0 <= index < len(faces):
         raise InstantIDError(f"Face index {index} is out of range: {len(faces)} face(s) found in the {what}.",
                              field="face_index")

@@ -38,8 +38,10 @@ class InstantIDScript(scripts.Script):
         spec = {name: (s, default) for name, s, default in specs()}
         with InputAccordion(False, label="InstantID", elem_id=self.elem_id("enabled")) as enabled:
             with gr.Row():
+                # Uploads arrive as temporary files: the WebUI logs a failed job's arguments, and file objects
+                # print as their names where bytes would fill the log.
                 face = gr.File(label=spec["face_image"][0].label, file_count="multiple", file_types=["image"],
-                               type="binary", elem_id=self.elem_id("face_image"))
+                               elem_id=self.elem_id("face_image"))
                 pose = gr.Image(label=spec["pose_image"][0].label, type="pil", elem_id=self.elem_id("pose_image"))
             with gr.Row():
                 preview_button = gr.Button("Preview detected face", elem_id=self.elem_id("preview"))
@@ -65,7 +67,8 @@ class InstantIDScript(scripts.Script):
         return [components[name] for name in spec]
 
     def _hints(self, spec: dict) -> str:
-        hints = {self.elem_id(name): s.help for name, (s, _) in spec.items() if s.help}
+        # Not on the enable switch: its id is the whole accordion's, so its title would cover the panel.
+        hints = {self.elem_id(name): s.help for name, (s, _) in spec.items() if s.help and name != "enabled"}
         hints[self.elem_id("preview")] = "Run the face analysis and show the face box and keypoints that will be used."
         hints[self.elem_id("refresh")] = "Look for newly installed models."
         return f"<div hidden data-instantid-hints='{html.escape(json.dumps(hints), quote=True)}'></div>"

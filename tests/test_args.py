@@ -50,6 +50,17 @@ def test_face_image_accepts_one_or_several_and_data_urls():
     assert [i.size for i in several.face_image] == [(32, 24), (8, 8)]
 
 
+def test_panel_uploads_are_read_from_their_temporary_files(tmp_path):
+    path = tmp_path / "face.png"
+    Image.new("RGB", (12, 7)).save(path)
+
+    class Upload:  # gradio's NamedTemporaryFile with `name` set to the upload's path
+        name = str(path)
+
+    args = InstantIDArgs.from_script_args([True, [Upload()]])
+    assert args.face_image[0].size == (12, 7)
+
+
 def test_panel_values_pass_through(tmp_path):
     pil = Image.new("RGB", (10, 10))
     buffer = io.BytesIO()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -61,7 +62,18 @@ def b64(image: Image.Image) -> str:
     return base64.b64encode(png_bytes(image)).decode()
 
 
-FACE = png_bytes(photo())
+def upload(data: bytes, name: str = "face.png"):
+    """What the panel's file upload hands the script in gradio 3.41: a temporary file object whose `name` is the
+    path of the uploaded file's copy."""
+    folder = Path(tempfile.mkdtemp(prefix="instantid-upload-"))
+    (folder / name).write_bytes(data)
+    file = tempfile.NamedTemporaryFile(delete=False, dir=folder)
+    file.name = str(folder / name)
+    file.orig_name = name
+    return file
+
+
+FACE = upload(png_bytes(photo()))
 
 
 @pytest.fixture
