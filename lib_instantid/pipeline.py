@@ -6,7 +6,7 @@ call are cond/uncond, and where the pose keypoints land in each generation size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ class Faces:
     """The identity (averaged raw embedding) and the pose keypoints, in the pixels of the pose image."""
 
     embedding: np.ndarray
-    identity_faces: list[DetectedFace]
     pose: DetectedFace
     found: list[int]  # faces found in each face photo
 
@@ -62,7 +61,7 @@ def analyse_faces(
         pose = choose_face(faces, 0, pose_what)
         if pick_pose is not None:
             pose = pick_pose(faces)
-    return Faces(average_embedding(chosen), chosen, pose, found)
+    return Faces(average_embedding(chosen), pose, found)
 
 
 @dataclass
@@ -76,7 +75,6 @@ class Job:
     adapter: FaceAdapter
     identitynet: IdentityNet | None
     tokens: FaceTokens
-    extra_infotext: dict[str, str] = field(default_factory=dict)
 
     def hooks(self, unet: torch.nn.Module, call_info: CallInfoSource,
               keypoints_for: Callable[[int, int], np.ndarray]) -> InstantIDHooks:
@@ -95,7 +93,7 @@ class Job:
             adapter_model=self.adapter_entry.name,
             identitynet_model=self.identitynet_entry.name if self.identitynet_entry else self.args.identitynet_model,
         )
-        return resolved.infotext({"Face": self.faces.describe(self.args.face_index), **self.extra_infotext})
+        return resolved.infotext({"Face": self.faces.describe(self.args.face_index)})
 
 
 def unet_context_dim(unet: torch.nn.Module) -> int:
