@@ -174,13 +174,9 @@ def check_model_file(entry: ModelEntry) -> Finding:
 
 
 def _weights_file(path: Path) -> Path:
-    from .models.loading import IDENTITYNET_FOLDER, IDENTITYNET_WEIGHTS
+    from .models.loading import identitynet_weights
 
-    if path.is_file():
-        return path
-    # An IdentityNet folder: the catalog lists it only when one of these exists.
-    nested = path / IDENTITYNET_FOLDER / IDENTITYNET_WEIGHTS
-    return nested if nested.is_file() else path / IDENTITYNET_WEIGHTS
+    return identitynet_weights(path) or path  # an IdentityNet folder is listed only when it holds its weights
 
 
 def _check_complete(path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from .loading import IDENTITYNET_FOLDER, IDENTITYNET_WEIGHTS, SEE_MODELS
+from .loading import SEE_MODELS, identitynet_weights
 
 IDENTITYNET, ADAPTER = "identitynet", "adapter"
 FAMILY_BY_CONTEXT = {2048: "SDXL", 768: "SD1.5", 1024: "SD2"}
@@ -60,8 +60,7 @@ def _describe(root: Path, path: Path, ours: bool) -> ModelEntry | None:
     if not ours and "instant" not in path.name.lower():
         return None
     if path.is_dir():
-        weights = next((w for w in (path / IDENTITYNET_FOLDER / IDENTITYNET_WEIGHTS, path / IDENTITYNET_WEIGHTS)
-                        if w.is_file()), None)
+        weights = identitynet_weights(path)
         return None if weights is None else ModelEntry(name, path, IDENTITYNET, _context_dim(read_shapes(weights)))
     if path.suffix not in WEIGHT_SUFFIXES:
         return None

@@ -230,14 +230,22 @@ def load_identitynet(path: Path) -> IdentityNet:
     return net.eval().requires_grad_(False)
 
 
-def _identitynet_files(path: Path) -> tuple[Path, Path | None]:
+def identitynet_weights(path: Path) -> Path | None:
+    """The IdentityNet weights a path stands for: the file itself, or the diffusers file in the folder or in its
+    ControlNetModel/ (the official layout); None when there is none."""
     if path.is_file():
-        return path, None
-    for folder in (path / IDENTITYNET_FOLDER, path):
-        if (folder / IDENTITYNET_WEIGHTS).is_file():
-            config = folder / "config.json"
-            return folder / IDENTITYNET_WEIGHTS, config if config.is_file() else None
-    raise ModelError(f"No IdentityNet found at {path}: expected {IDENTITYNET_WEIGHTS} there or in {IDENTITYNET_FOLDER}/. {SEE_MODELS}")
+        return path
+    return next((f / IDENTITYNET_WEIGHTS for f in (path / IDENTITYNET_FOLDER, path) if (f / IDENTITYNET_WEIGHTS).is_file()),
+                None)
+
+
+def _identitynet_files(path: Path) -> tuple[Path, Path | None]:
+    weights = identitynet_weights(path)
+    if weights is None:
+        raise ModelError(f"No IdentityNet found at {path}: expected {IDENTITYNET_WEIGHTS} there or in "
+                         f"{IDENTITYNET_FOLDER}/. {SEE_MODELS}")
+    config = weights.parent / "config.json"
+    return weights, config if weights != path and config.is_file() else None
 
 
 def _heads_from_config(config_file: Path) -> tuple[int, ...] | None:
@@ -321,8 +329,8 @@ def _still_placed(model: nn.Module, device: torch.device, dtype: torch.dtype) ->
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
-    target = path / IDENTITYNET_FOLDER / IDENTITYNET_WEIGHTS if path.is_dir() else path
-    target = target if target.exists() else path
+    target = identitynet_weights(path) if path.is_dir() else path
+    target = target or path
     try:
         stat = target.stat()
     except OSError as e:
