@@ -13,7 +13,6 @@ import re
 import statistics
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +34,6 @@ SDXL_TIME_ID_DIM = 256
 SDXL_POOLED = 1280
 SDXL_MODEL_CHANNELS = 320
 SDXL_DEPTHS = (0, 2, 10)  # transformer depth per level; the middle block takes the last
-RELEASE_RESAMPLER = dict(width=1280, depth=4, num_queries=16, embedding_dim=512, ff_mult=4)
 TEXT_TOKENS = 77
 
 
@@ -115,51 +113,13 @@ def cross_attention_widths(unet: nn.Module) -> list[int]:
     return [layer.to_k.out_features for layer in cross_attention_layers(unet)]
 
 
-def adapter_state(widths: list[int], context: int = SDXL_CONTEXT, seed: int = 0,
-                  resampler: dict = RELEASE_RESAMPLER) -> dict[str, OrderedDict]:
-    """{"image_proj": ..., "ip_adapter": ...} with the release's key names and resampler shape (width 1280, depth 4,
-    16 queries) and one K/V pair per cross-attention layer of the given widths (as tests' write_adapter does)."""
-    g = torch.Generator().manual_seed(seed)
-    width, n_q, emb, mult = (resampler[k] for k in ("width", "num_queries", "embedding_dim", "ff_mult"))
-
-    def normal(*shape, std=1.0, mean=0.0):
-        return torch.randn(*shape, generator=g) * std + mean
-
-    def linear(o, i):
-        return normal(o, i, std=i ** -0.5)
-
-    def norm(prefix, dim):
-        return {f"{prefix}.weight": normal(dim, std=0.1, mean=1.0), f"{prefix}.bias": normal(dim, std=0.1)}
-
-    proj = OrderedDict()
-    proj["latents"] = normal(1, n_q, width, std=width ** -0.5)
-    proj["proj_in.weight"] = linear(width, emb)
-    proj["proj_in.bias"] = normal(width, std=0.02)
-    proj["proj_out.weight"] = linear(context, width)
-    proj["proj_out.bias"] = normal(context, std=0.02)
-    proj.update(norm("norm_out", context))
-    for i in range(resampler["depth"]):
-        a, f = f"layers.{i}.0", f"layers.{i}.1"
-        proj.update(norm(f"{a}.norm1", width))
-        proj.update(norm(f"{a}.norm2", width))
-        proj[f"{a}.to_q.weight"] = linear(width, width)
-        proj[f"{a}.to_kv.weight"] = linear(2 * width, width)
-        proj[f"{a}.to_out.weight"] = linear(width, width)
-        proj.update(norm(f"{f}.0", width))
-        proj[f"{f}.1.weight"] = linear(mult * width, width)
-        proj[f"{f}.3.weight"] = linear(width, mult * width)
-    kv = OrderedDict()
-    for n, d in enumerate(widths):
-        kv[f"{2 * n + 1}.to_k_ip.weight"] = linear(d, context)
-        kv[f"{2 * n + 1}.to_v_ip.weight"] = linear(d, context)
-    return {"image_proj": proj, "ip_adapter": kv}
-
-
 def write_adapter(path: Path, widths: list[int], context: int = SDXL_CONTEXT, seed: int = 0) -> Path:
     """Release-style ip-adapter.bin (.bin) or flat safetensors (.safetensors)."""
+    from lib_instantid.models.resampler import ResamplerConfig
     from tests.fixtures import tiny_models as tm
 
-    state = adapter_state(widths, context, seed)
+    release = ResamplerConfig()  # the release's resampler: width 1280, depth 4, 16 queries
+    state = tm.adapter_weights(widths, context, width=release.width, depth=release.depth, seed=seed)
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
@@ -231,7 +191,7 @@ def sdxl_adapter_shapes() -> dict[str, tuple[int, ...]]:
 
     widths = cross_attention_widths(build_sgm_unet(SDXL_MODEL_CHANNELS, device="meta"))
     with torch.device("meta"):
-        adapter = FaceAdapter(ResamplerConfig(output_dim=SDXL_CONTEXT, **RELEASE_RESAMPLER), widths)
+        adapter = FaceAdapter(ResamplerConfig(output_dim=SDXL_CONTEXT), widths)
     return {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
 
 

@@ -73,7 +73,7 @@ def build(model_channels: int, device: torch.device, dtype: torch.dtype):
         unet = common.build_sgm_unet(model_channels, device=device, dtype=dtype, randomise=full_random)
         with torch.device(device):
             identitynet = IdentityNet(identitynet_config(model_channels)).eval().requires_grad_(False)
-            adapter = FaceAdapter(ResamplerConfig(output_dim=common.SDXL_CONTEXT, **common.RELEASE_RESAMPLER),
+            adapter = FaceAdapter(ResamplerConfig(output_dim=common.SDXL_CONTEXT),
                                   common.cross_attention_widths(unet)).eval().requires_grad_(False)
     if not full_random:  # sgm zeroes its final convolution: give it weights, so that the output shows InstantID
         for module in unet.out.modules():

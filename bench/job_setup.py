@@ -305,7 +305,6 @@ def full_size_loading(a) -> tuple[str, dict]:
                     base = timed(reads[1], state)
                     pairs[state][name].append(timed(name, state) / base)
     finally:
-        del view, buffer
         weights.unlink()
         target.rmdir()
         folder.rmdir()
