@@ -149,7 +149,7 @@ def main() -> None:
     context = torch.randn(2, common.TEXT_TOKENS, common.SDXL_CONTEXT, generator=g).to(device, dtype)
     y = torch.randn(2, common.SDXL_ADM, generator=g).to(device, dtype)
     embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32) * 1.5
-    rows = torch.tensor([COND, UNCOND])
+    rows = (COND, UNCOND)
     step = [0]
     autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if cuda else contextlib.nullcontext
 

@@ -85,7 +85,7 @@ def main() -> None:
         adapter = load_adapter(Path(tmp) / "ip-adapter.bin")
 
     x, t, context, y = common.sdxl_inputs(2, a.latent)
-    rows = torch.tensor([COND, UNCOND])
+    rows = (COND, UNCOND)
     embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32) * 1.5
     tokens = project_face(adapter, embedding, torch.device("cpu"), torch.float32)
     size = a.latent * LATENT_SCALE
@@ -117,7 +117,7 @@ def main() -> None:
                 return unet(x, t, context, y)
         return run
 
-    face_rows = tokens.for_rows(rows)
+    face_rows = tokens.for_rows(torch.tensor(rows))
 
     @torch.no_grad()
     def identitynet_alone():

@@ -49,7 +49,7 @@ class Schedule:
 class CallInfo:
     """What the caller knows about one UNet call: each row's kind (conditioning.UNCOND/COND) and the step."""
 
-    row_kind: torch.Tensor  # long [B]
+    row_kinds: tuple[int, ...]  # one per row of the call
     step: int
     total_steps: int
 
@@ -251,12 +251,12 @@ class InstantIDHooks:
     def _before_unet(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x, timesteps, context, y = _unet_inputs(args, kwargs)
         info = self.call_info(x, context)
-        if info.row_kind.shape[0] != x.shape[0]:
+        if len(info.row_kinds) != x.shape[0]:
             raise RuntimeError(
                 f"InstantID: the UNet was called with {x.shape[0]} rows but the sampler described "
-                f"{info.row_kind.shape[0]}; cannot tell cond from uncond rows."
+                f"{len(info.row_kinds)}; cannot tell cond from uncond rows."
             )
-        rows = self._rows_of(tuple(int(kind) for kind in info.row_kind.tolist()))
+        rows = self._rows_of(tuple(info.row_kinds))
         face_kv = None
         if self.adapter_schedule.active(info.step, info.total_steps):
             face_kv = self._face_kv_of(rows)

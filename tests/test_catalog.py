@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from lib_instantid.errors import ModelError
 from lib_instantid.models import catalog
 from lib_instantid.models.catalog import ADAPTER, IDENTITYNET, choose, scan
+from lib_instantid.models.loading import load_adapter
 from tests.fixtures import tiny_models as tm
 
 SDXL_CONTEXT, SD15_CONTEXT = tm.CONTEXT_DIM["sdxl"], tm.CONTEXT_DIM["sd15"]
@@ -85,6 +86,9 @@ def test_a_truncated_file_is_still_listed_so_choosing_it_explains(models_root):
     path.write_bytes(path.read_bytes()[:1000])
     entry = next(e for e in scan(models_root) if e.name == "instantid/ip-adapter.bin")
     assert entry.kind == ADAPTER and entry.context_dim is None
+    chosen = choose(scan(models_root), ADAPTER, "instantid/ip-adapter.bin", SDXL_CONTEXT, "adapter_model")
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        load_adapter(chosen.path)
 
 
 def test_unrelated_safetensors_in_our_folder_are_ignored(models_root):

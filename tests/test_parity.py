@@ -75,7 +75,7 @@ def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, 
     kps = case.keypoints if keypoints is None else keypoints
     net = case.identitynet if identitynet is None else identitynet
     hooks = InstantIDHooks(
-        case.unet, tokens, lambda x, context: CallInfo(torch.tensor(rows), step=0, total_steps=1),
+        case.unet, tokens, lambda x, context: CallInfo(tuple(rows), step=0, total_steps=1),
         adapter=case.adapter, adapter_schedule=Schedule(adapter_weight),
         identitynet=net, identitynet_schedule=Schedule(identitynet_weight),
         hint=HintFeatures(net, lambda w, h: kps),
@@ -149,7 +149,7 @@ def test_zero_weight_or_outside_the_window_costs_nothing(case, monkeypatch):
     tokens = project_face(case.adapter, case.embedding, torch.device("cpu"), torch.float32)
     for step, expect_run in ((0, False), (5, True), (9, False)):
         hooks = InstantIDHooks(
-            case.unet, tokens, lambda x, c: CallInfo(torch.tensor(ROWS), step=step, total_steps=10),
+            case.unet, tokens, lambda x, c: CallInfo(ROWS, step=step, total_steps=10),
             identitynet=case.identitynet, identitynet_schedule=Schedule(0.8, start=0.2, end=0.7),
             hint=HintFeatures(case.identitynet, lambda w, h: case.keypoints),
         )
@@ -179,7 +179,7 @@ def test_attach_is_idempotent_and_a_second_session_is_refused(case):
     tokens = project_face(case.adapter, case.embedding, torch.device("cpu"), torch.float32)
 
     def session():
-        return InstantIDHooks(case.unet, tokens, lambda x, c: CallInfo(torch.tensor(ROWS), 0, 1),
+        return InstantIDHooks(case.unet, tokens, lambda x, c: CallInfo(ROWS, 0, 1),
                               adapter=case.adapter, adapter_schedule=Schedule(0.8))
 
     first = session()

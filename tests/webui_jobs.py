@@ -134,7 +134,7 @@ class RowKinds:
 
         def call(tracker, x, context):
             info = original(tracker, x, context)
-            self.calls.append(info.row_kind.tolist())
+            self.calls.append(list(info.row_kinds))
             return info
 
         monkeypatch.setattr(a1111.RowTracker, "__call__", call)

@@ -94,7 +94,7 @@ class RowTracker:
                 "InstantID could not tell cond from uncond rows: the UNet was called outside the WebUI's CFG "
                 "denoiser, or with more rows than it announced. Another extension may be calling the UNet itself."
             )
-        return CallInfo(torch.tensor(kinds), self.step, self.total_steps)
+        return CallInfo(tuple(kinds), self.step, self.total_steps)
 
 
 def _rows(cond) -> int:
