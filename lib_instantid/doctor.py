@@ -162,15 +162,16 @@ def check_model_file(entry: ModelEntry) -> Finding:
     """Format, keys and layout of one catalogued file, from its tensor shapes only."""
     from .models import catalog
 
-    label = "face adapter" if entry.kind == catalog.ADAPTER else "IdentityNet"
+    label = catalog.LABELS[entry.kind]
+    if entry.error is not None:
+        return Finding(PROBLEM, entry.name, f"{label}: {entry.error}")
     try:
         weights = _weights_file(entry.path)
         _check_complete(weights)
-        tensors = _meta_tensors(weights)
-        _check_layout(entry.kind, tensors, weights.name, label)
+        _check_layout(entry.kind, _meta_tensors(weights), weights.name, label)
     except ModelError as error:
         return Finding(PROBLEM, entry.name, f"{label}: {error}")
-    return Finding(OK, entry.name, f"{label} for {catalog.family_name(entry.context_dim)}")
+    return Finding(OK, entry.name, f"{label} for {entry.family}")
 
 
 def _weights_file(path: Path) -> Path:
@@ -201,10 +202,7 @@ def _meta_tensors(path: Path) -> dict[str, torch.Tensor]:
 
     from .models import catalog
 
-    shapes = catalog.read_shapes(path)  # header or memory-map only
-    if shapes is None:
-        raise ModelError(f"{path.name} could not be read ({path.stat().st_size} bytes): it is damaged, cut off "
-                         "or not a weights file; download it again")
+    shapes = catalog.read_shapes(path)  # header or memory-map only; the catalogue has read them already
     return {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
 
 
@@ -250,20 +248,18 @@ def check_pairs(valid: list[ModelEntry], models_root: Path) -> list[Finding]:
 
 
 def _pair_finding(width: int, adapters: list[ModelEntry], nets: list[ModelEntry]) -> Finding:
-    from .models import catalog
+    from .models.architecture import family_name
 
     fitting_adapters = [e.name for e in adapters if e.context_dim == width]
     fitting_nets = [e.name for e in nets if e.context_dim == width]
     detail = f"face adapter {' / '.join(fitting_adapters)} + IdentityNet {' / '.join(fitting_nets)}"
     if len(fitting_adapters) > 1 or len(fitting_nets) > 1:
-        detail += " (several fit: choose them by name in the InstantID panel)"
-    return Finding(OK, f"pair for {catalog.family_name(width)}", detail)
+        detail += " (Automatic takes the first of each; choose others by name in the InstantID panel)"
+    return Finding(OK, f"pair for {family_name(width)}", detail)
 
 
 def _families(entries: list[ModelEntry]) -> str:
-    from .models import catalog
-
-    return ", ".join(sorted({catalog.family_name(e.context_dim) for e in entries}))
+    return ", ".join(sorted({e.family for e in entries}))
 
 
 # --- face models and a photo -----------------------------------------------------------------------------------

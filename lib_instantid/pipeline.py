@@ -19,7 +19,7 @@ from .models import catalog
 from .models.adapter import FaceAdapter
 from .models.identitynet import IdentityNet
 from .models.loading import ModelCache, load_adapter, load_identitynet
-from .unet_hooks import CallInfoSource, InstantIDHooks, Schedule, cross_attention_layers
+from .unet_hooks import CallInfoSource, InstantIDHooks, Schedule, unet_architecture
 
 MODEL_CACHE = ModelCache(capacity=2)
 # Tokens, K/V and hints of recent faces, per loaded model: a repeated job (same face, models, size) reuses them.
@@ -96,18 +96,14 @@ class Job:
         return resolved.infotext({"Face": self.faces.describe(self.args.face_index)})
 
 
-def unet_context_dim(unet: torch.nn.Module) -> int:
-    return cross_attention_layers(unet)[0].to_k.in_features
-
-
 def prepare_job(args: InstantIDArgs, faces: Faces, models: list[catalog.ModelEntry], unet: torch.nn.Module,
                 device: torch.device, dtype: torch.dtype) -> Job:
     """Choose and load the models for this UNet and project the face. Raises with a clear message on any misfit."""
-    context = unet_context_dim(unet)
-    adapter_entry = catalog.choose(models, catalog.ADAPTER, args.adapter_model, context, "adapter_model")
+    shape = unet_architecture(unet)
+    adapter_entry = catalog.choose(models, catalog.ADAPTER, args.adapter_model, shape, "adapter_model")
     identitynet_entry = None
     if args.identitynet_weight:
-        identitynet_entry = catalog.choose(models, catalog.IDENTITYNET, args.identitynet_model, context,
+        identitynet_entry = catalog.choose(models, catalog.IDENTITYNET, args.identitynet_model, shape,
                                            "identitynet_model")
     adapter = MODEL_CACHE.get(adapter_entry.path, load_adapter, device, dtype)
     identitynet = None

@@ -24,7 +24,8 @@ from torch.utils.hooks import RemovableHandle
 from .conditioning import ConditioningStore, FaceTokens, HintFeatures, face_kv
 from .errors import ModelError
 from .models.adapter import FaceAdapter
-from .models.catalog import family_name
+from .models.architecture import Architecture
+from .models.catalog import misfit
 from .models.identitynet import IdentityNet, ProjectedContext
 from .models.resampler import split_heads
 
@@ -68,7 +69,14 @@ def cross_attention_layers(unet: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def skip_channels(unet: nn.Module) -> list[int]:
+def unet_architecture(unet: nn.Module) -> Architecture:
+    """The shapes InstantID weights must fit: cross-attention widths, skip channels, added-condition width."""
+    layers = cross_attention_layers(unet)
+    return Architecture(layers[0].to_k.in_features, tuple(layer.to_k.out_features for layer in layers),
+                        tuple(_skip_channels(unet)), _label_dim(unet))
+
+
+def _skip_channels(unet: nn.Module) -> list[int]:
     """Channels of each input block's output, i.e. of each skip connection."""
     channels = []
     for block in unet.input_blocks:
@@ -77,37 +85,19 @@ def skip_channels(unet: nn.Module) -> list[int]:
     return channels
 
 
-def check_compatible(unet: nn.Module, adapter: FaceAdapter | None, identitynet: IdentityNet | None,
-                     layers: list[nn.Module] | None = None) -> None:
-    """Refuse weights made for another UNet family, saying what was found and what the UNet needs. `layers`: the
-    UNet's `cross_attention_layers`, when the caller has them already."""
-    layers = cross_attention_layers(unet) if layers is None else layers
-    context_dim = layers[0].to_k.in_features
-    unet_family = f"{family_name(context_dim)} ({len(layers)} cross-attention layers)"
-    if adapter is not None:
-        shapes = [tuple(kv.to_k_ip.weight.shape) for kv in adapter.layers]
-        if shapes != [tuple(layer.to_k.weight.shape) for layer in layers]:
-            raise ModelError(
-                f"The face adapter is made for {family_name(adapter.context_dim)} ({len(shapes)} cross-attention "
-                f"layers) but the loaded checkpoint is {unet_family}. Choose the adapter that matches the checkpoint."
-            )
-    if identitynet is not None:
-        cfg = identitynet.config
-        found = (cfg.context_dim, identitynet.residual_channels(), cfg.addition_dim)
-        wanted = (context_dim, skip_channels(unet), _label_dim(unet))
-        if found != wanted:
-            raise ModelError(
-                f"The IdentityNet is made for {family_name(cfg.context_dim)} ({len(found[1])} skip residuals, "
-                f"added-condition width {found[2]}) but the loaded checkpoint is {unet_family} ({len(wanted[1])} "
-                f"skip connections, width {wanted[2]}). Choose the IdentityNet that matches the checkpoint."
-            )
-
-
 def _label_dim(unet: nn.Module) -> int | None:
     label_emb = getattr(unet, "label_emb", None)
     if label_emb is None:
         return None
     return next(m for m in label_emb.modules() if isinstance(m, nn.Linear)).in_features
+
+
+def check_compatible(unet: Architecture, adapter: FaceAdapter | None, identitynet: IdentityNet | None) -> None:
+    """Refuse weights made for another UNet, saying what was found and what the UNet needs."""
+    if adapter is not None and not adapter.architecture.adapter_fits(unet):
+        raise ModelError(misfit("face adapter", adapter.architecture.describe_adapter(), unet))
+    if identitynet is not None and not identitynet.architecture.identitynet_fits(unet):
+        raise ModelError(misfit("IdentityNet", identitynet.architecture.describe_identitynet(), unet))
 
 
 MAX_ROW_LAYOUTS = 8  # row layouts remembered per session (a job sees 1-3: batched, split, cond only)
@@ -196,7 +186,7 @@ class InstantIDHooks:
         """`store` keeps the face K/V and the IdentityNet's projected face context for later sessions (jobs) with
         the same tokens and models; without one they are computed for this session only."""
         self.layers = cross_attention_layers(unet)
-        check_compatible(unet, adapter, identitynet, self.layers)
+        check_compatible(unet_architecture(unet), adapter, identitynet)
         self.unet, self.tokens, self.call_info = unet, tokens, call_info
         self.adapter_schedule = adapter_schedule if adapter is not None else Schedule(0.0)
         self.identitynet, self.identitynet_schedule = identitynet, identitynet_schedule

@@ -129,7 +129,8 @@ def test_cut_off_damaged_and_wrong_files_are_problems_with_the_reason(webui, wei
     assert status == 1
     assert f"is incomplete ({full - 100} of {full} bytes): download it again" in line(
         lines, "PROBLEM", "instantid/ControlNetModel")
-    assert "could not be read (25 bytes)" in line(lines, "PROBLEM", "instantid/broken-adapter.bin")
+    assert "could not be read: it is not a torch weights file at all (it starts with b'<html>rate l') (25 bytes)" \
+        in line(lines, "PROBLEM", "instantid/broken-adapter.bin")
     assert "IP-Adapter of another kind" in line(lines, "PROBLEM", "instantid/plain.safetensors")
     assert "MISSING IdentityNet: put" in "\n".join(lines)  # the only IdentityNet is unusable
 

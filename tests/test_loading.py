@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from lib_instantid.errors import ModelError
 from lib_instantid.models.loading import ModelCache, load_adapter, load_identitynet, read_weights
 from lib_instantid.models.resampler import ResamplerConfig
-from lib_instantid.unet_hooks import check_compatible
+from lib_instantid.unet_hooks import check_compatible, unet_architecture
 from tests.fixtures import tiny_models as tm
 
 
@@ -73,7 +73,7 @@ def test_identitynet_matches_diffusers_controlnet(kind, weight_files):
 
 
 def test_wrong_family_is_refused_against_the_unet(weight_files):
-    sdxl_unet = tm.tiny_unet("sdxl")
+    sdxl_unet = unet_architecture(tm.tiny_unet("sdxl"))
     with pytest.raises(ModelError, match=r"adapter is made for SD1.5 .* but the loaded checkpoint is"):
         check_compatible(sdxl_unet, load_adapter(weight_files["sd15"]["adapter_bin"]), None)
     with pytest.raises(ModelError, match="IdentityNet is made for SD1.5"):

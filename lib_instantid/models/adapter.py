@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .architecture import Architecture
 from .resampler import Resampler, ResamplerConfig
 
 
@@ -43,6 +44,10 @@ class FaceAdapter(nn.Module):
     @property
     def context_dim(self) -> int:
         return self.image_proj.config.output_dim
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(self.context_dim, attention_widths=tuple(kv.to_k_ip.out_features for kv in self.layers))
 
     @property
     def layers(self) -> list[FaceKV]:

@@ -1,7 +1,9 @@
-"""The installed InstantID models: found in the host's model folders, named relative to them, described by family.
+"""The installed InstantID models: found in the host's model folders, named relative to them, described by what they
+are made for, and chosen for the loaded UNet.
 
 Only files listed here can be opened by name, so a request naming `../x`, an absolute path or anything else
-outside the model folders never reaches the file system.
+outside the model folders never reaches the file system. A file that cannot be read is listed with the reason, so
+that choosing it, the model list and the doctor all say what is wrong with it.
 """
 from __future__ import annotations
 
@@ -11,17 +13,18 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..errors import ModelError
-from .loading import SEE_MODELS, identitynet_weights
+from .architecture import Architecture, adapter_architecture, identitynet_architecture
+from .loading import SEE_MODELS, IDENTITYNET_WEIGHTS, check_adapter_weights, check_identitynet_weights, read_pickle
 
 IDENTITYNET, ADAPTER = "identitynet", "adapter"
-FAMILY_BY_CONTEXT = {2048: "SDXL", 768: "SD1.5", 1024: "SD2"}
+LABELS = {IDENTITYNET: "IdentityNet", ADAPTER: "face adapter"}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
-# Folders under the WebUI's models folder: our own, and the ControlNet folder where sd-webui-controlnet users keep
-# the same files (only those named for InstantID are taken from there).
-MODEL_FOLDERS = ("instantid", "ControlNet")
+# Folders under the WebUI's models folder, in the order "Automatic" prefers them: our own, then the ControlNet folder
+# where sd-webui-controlnet users keep the same files (only what is named for InstantID is taken from there).
+OURS = "instantid"
+MODEL_FOLDERS = (OURS, "ControlNet")
+SUBFOLDER_DEPTH = 2  # e.g. instantid/sdxl/ControlNetModel/
 
 
 @dataclass(frozen=True)
@@ -29,48 +32,77 @@ class ModelEntry:
     name: str  # relative to the models root, with '/', e.g. "instantid/ip-adapter.bin"
     path: Path
     kind: str  # IDENTITYNET or ADAPTER
-    context_dim: int | None  # the UNet context width it is made for; None when the file could not be read
+    architecture: Architecture | None  # what the weights are made for; None when the file is unusable
+    error: str | None = None  # why the file is unusable
+
+    @property
+    def context_dim(self) -> int | None:
+        return None if self.architecture is None else self.architecture.context_dim
 
     @property
     def family(self) -> str:
-        return FAMILY_BY_CONTEXT.get(self.context_dim, f"context {self.context_dim}")
+        return "unusable" if self.architecture is None else self.architecture.family
 
+    def fits(self, unet: Architecture) -> bool:
+        if self.architecture is None:
+            return False
+        if self.kind == ADAPTER:
+            return self.architecture.adapter_fits(unet)
+        return self.architecture.identitynet_fits(unet)
 
-def family_name(context_dim: int) -> str:
-    return FAMILY_BY_CONTEXT.get(context_dim, f"a model with context width {context_dim}")
+    def describe(self) -> str:
+        """What the weights are made for, in words."""
+        if self.architecture is None:
+            return f"unusable: {self.error}"
+        if self.kind == ADAPTER:
+            return self.architecture.describe_adapter()
+        return self.architecture.describe_identitynet()
 
 
 def scan(models_root: Path, folders: tuple[str, ...] = MODEL_FOLDERS) -> list[ModelEntry]:
-    """Every IdentityNet and face adapter in `models_root/<folder>` (one level of subfolders), sorted by name."""
-    entries = []
+    """Every IdentityNet and face adapter in `models_root/<folder>` and its subfolders, folder by folder, each
+    sorted by name."""
+    entries: list[ModelEntry] = []
     for folder in folders:
-        base = models_root / folder
-        if not base.is_dir():
+        entries += _scan_folder(models_root, models_root / folder, folder == OURS, SUBFOLDER_DEPTH)
+    return entries
+
+
+def _scan_folder(root: Path, folder: Path, ours: bool, depth: int) -> list[ModelEntry]:
+    if not folder.is_dir():
+        return []
+    entries = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and not (path / IDENTITYNET_WEIGHTS).is_file():
+            if depth > 0:
+                entries += _scan_folder(root, path, ours, depth - 1)
             continue
-        for path in sorted(base.iterdir()):
-            entry = _describe(models_root, path, ours=folder.lower() == "instantid")
-            if entry is not None:
-                entries.append(entry)
+        entry = _describe(root, path, ours)
+        if entry is not None:
+            entries.append(entry)
     return entries
 
 
 def _describe(root: Path, path: Path, ours: bool) -> ModelEntry | None:
     name = path.relative_to(root).as_posix()
     # Outside our own folder (e.g. the ControlNet folder) only what is named for InstantID is ours.
-    if not ours and "instant" not in path.name.lower():
+    if not ours and "instant" not in name.lower().split("/", 1)[-1]:
         return None
-    if path.is_dir():
-        weights = identitynet_weights(path)
-        return None if weights is None else ModelEntry(name, path, IDENTITYNET, _context_dim(read_shapes(weights)))
-    if path.suffix not in WEIGHT_SUFFIXES:
+    weights = path / IDENTITYNET_WEIGHTS if path.is_dir() else path
+    if weights.suffix not in WEIGHT_SUFFIXES:
         return None
-    shapes = read_shapes(path)
+    shapes, error = read_shapes_or_error(weights)
     kind = _kind_of(path, shapes)
-    return None if kind is None else ModelEntry(name, path, kind, _context_dim(shapes))
+    if kind is None:
+        return None
+    if error is None:
+        architecture, error = _architecture(kind, shapes, weights.name)
+        return ModelEntry(name, path, kind, architecture, error)
+    return ModelEntry(name, path, kind, None, error)
 
 
 def _kind_of(path: Path, shapes: dict[str, list[int]] | None) -> str | None:
-    if shapes is None:  # unreadable: listed by its name so that choosing it reports why it cannot be loaded
+    if shapes is None:  # unreadable: listed by its name so that it is reported with its reason
         return ADAPTER if "adapter" in path.name.lower() or path.suffix == ".bin" else IDENTITYNET
     if any(k.startswith("image_proj.") for k in shapes):
         return ADAPTER
@@ -79,35 +111,50 @@ def _kind_of(path: Path, shapes: dict[str, list[int]] | None) -> str | None:
     return None
 
 
-def _context_dim(shapes: dict[str, list[int]] | None) -> int | None:
-    """The UNet context width the weights are made for: the input width of their cross-attention keys."""
-    for key, shape in (shapes or {}).items():
-        if key.endswith(("attn2.to_k.weight", ".to_k_ip.weight")):
-            return shape[1]
-    return None
+def _architecture(kind: str, shapes: dict[str, list[int]], name: str) -> tuple[Architecture | None, str | None]:
+    """The architecture of weights of this kind, or why they are not what the kind needs."""
+    try:
+        if kind == ADAPTER:
+            check_adapter_weights(shapes, name)
+            return adapter_architecture(shapes), None
+        check_identitynet_weights(shapes, name)
+        return identitynet_architecture(shapes), None
+    except ModelError as e:
+        return None, str(e)
+    except (KeyError, IndexError, ValueError) as e:
+        return None, f"{name} does not have the layout of an InstantID {LABELS[kind]} ({e}). {SEE_MODELS}"
 
 
-def read_shapes(path: Path) -> dict[str, list[int]] | None:
+def read_shapes(path: Path) -> dict[str, list[int]]:
     """Tensor shapes without reading the tensors: the safetensors header, or a memory-mapped weights-only pickle.
+    Raises ModelError with the reason when the file cannot be read. Callers must not modify the result."""
+    shapes, error = read_shapes_or_error(path)
+    if error is not None:
+        raise ModelError(error)
+    return shapes
 
-    Remembered per file identity (path, size, modification time, inode), as the model cache does: every job scans
-    the model folders, and a pickle's shapes take tens of milliseconds to read. Callers must not modify the result."""
+
+def read_shapes_or_error(path: Path) -> tuple[dict[str, list[int]] | None, str | None]:
+    """(shapes, None), or (None, why the file cannot be read). Remembered per file identity (path, size,
+    modification time, inode): every job scans the model folders, and a pickle's shapes take tens of milliseconds."""
     try:
         stat = Path(path).stat()
-    except OSError:
-        return None
+    except OSError as e:
+        return None, f"{Path(path).name} cannot be opened ({e.strerror})."
     return _read_shapes_of(Path(path), (stat.st_size, stat.st_mtime_ns, stat.st_ino))
 
 
 @functools.lru_cache(maxsize=64)
-def _read_shapes_of(path: Path, identity: tuple[int, int, int]) -> dict[str, list[int]] | None:
+def _read_shapes_of(path: Path, identity: tuple[int, int, int]) -> tuple[dict[str, list[int]] | None, str | None]:
     try:
         if path.suffix == ".safetensors":
-            return _safetensors_shapes(path)
-        tree = torch.serialization.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return _tree_shapes(tree)
-    except Exception:  # any unreadable file is reported with its reason when it is actually loaded
-        return None
+            return _safetensors_shapes(path), None
+        return _tree_shapes(read_pickle(path)), None
+    except ModelError as e:
+        return None, str(e)
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        return None, (f"{path.name} is not a readable safetensors file ({type(e).__name__}: {e}); it is probably "
+                      f"truncated or corrupt ({identity[0]} bytes). Download it again. {SEE_MODELS}")
 
 
 def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
@@ -118,7 +165,7 @@ def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
 
 
 def _tree_shapes(tree: object, prefix: str = "") -> dict[str, list[int]]:
-    if isinstance(tree, torch.Tensor):
+    if hasattr(tree, "shape") and hasattr(tree, "dtype"):
         return {prefix[:-1]: list(tree.shape)}
     if isinstance(tree, dict):
         out = {}
@@ -128,29 +175,35 @@ def _tree_shapes(tree: object, prefix: str = "") -> dict[str, list[int]]:
     return {}
 
 
-def choose(entries: list[ModelEntry], kind: str, name: str, context_dim: int, field: str) -> ModelEntry:
-    """The entry named `name`, or when `name` is empty the single installed one that fits `context_dim`."""
+def choose(entries: list[ModelEntry], kind: str, name: str, unet: Architecture, field: str) -> ModelEntry:
+    """The entry named `name`, or when `name` is empty the first installed one that fits the UNet (our folder
+    first, then by name). Raises with what was found when the named one cannot serve or none fits."""
     of_kind = [e for e in entries if e.kind == kind]
-    label = "IdentityNet" if kind == IDENTITYNET else "face adapter"
+    label = LABELS[kind]
     if name:
-        for entry in of_kind:
-            if entry.name == name or entry.path.name == name and sum(e.path.name == name for e in of_kind) == 1:
-                return entry
-        listed = ", ".join(e.name for e in of_kind) or "none installed"
-        raise ModelError(f"{field}: no installed {label} is named {name!r}. Installed: {listed}. {SEE_MODELS}",
-                         field=field)
-    fitting = [e for e in of_kind if e.context_dim == context_dim]
-    if len(fitting) == 1:
+        entry = _named(of_kind, name, label, field)
+        if entry.error is not None:
+            raise ModelError(f"{field}: {entry.name} cannot be used: {entry.error}", field=field)
+        if not entry.fits(unet):
+            raise ModelError(misfit(label, entry.describe(), unet), field=field)
+        return entry
+    fitting = [e for e in of_kind if e.fits(unet)]
+    if fitting:
         return fitting[0]
-    family = family_name(context_dim)
-    if not fitting:
-        others = ", ".join(f"{e.name} ({e.family})" for e in of_kind) or "none"
-        raise ModelError(
-            f"No installed {label} fits the loaded checkpoint ({family}). Installed: {others}. {SEE_MODELS}",
-            field=field,
-        )
-    raise ModelError(
-        f"Several installed {label}s fit the loaded checkpoint ({family}): {', '.join(e.name for e in fitting)}. "
-        f"Choose one in {field}.",
-        field=field,
-    )
+    others = "; ".join(f"{e.name} ({e.describe()})" for e in of_kind) or "none"
+    raise ModelError(f"No installed {label} fits the loaded checkpoint, {unet.describe_unet()}. Installed: {others}. "
+                     f"{SEE_MODELS}", field=field)
+
+
+def _named(of_kind: list[ModelEntry], name: str, label: str, field: str) -> ModelEntry:
+    for entry in of_kind:
+        if entry.name == name or entry.path.name == name and sum(e.path.name == name for e in of_kind) == 1:
+            return entry
+    listed = ", ".join(e.name for e in of_kind) or "none installed"
+    raise ModelError(f"{field}: no installed {label} is named {name!r}. Installed: {listed}. {SEE_MODELS}", field=field)
+
+
+def misfit(label: str, made_for: str, unet: Architecture) -> str:
+    return (f"The {label} is made for {made_for} but the loaded checkpoint is {unet.describe_unet()}. Choose the "
+            f"{label} that matches the checkpoint.")
+

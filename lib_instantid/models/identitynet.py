@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architecture import Architecture
 from .resampler import merge_heads, split_heads
 
 SD1_CONTEXT_DIM = 768
@@ -313,6 +314,11 @@ class IdentityNet(nn.Module):
         for i, c in enumerate(ch):
             out += [c] * (n + (i < len(ch) - 1))
         return out
+
+    @property
+    def architecture(self) -> Architecture:
+        cfg = self.config
+        return Architecture(cfg.context_dim, skip_channels=tuple(self.residual_channels()), addition_dim=cfg.addition_dim)
 
     @torch.no_grad()
     def project_context(self, context: torch.Tensor) -> ProjectedContext:

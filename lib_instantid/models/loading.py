@@ -9,10 +9,11 @@ import pickle
 import struct
 import sys
 import threading
+import warnings
 import weakref
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,7 +39,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"Model file not found: {path}. {SEE_MODELS}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    return _flatten(_read_pickle(path))
+    return _flatten(read_pickle(path))
 
 
 SAFETENSORS_DTYPES = {
@@ -153,21 +154,56 @@ def _prefetch(mapped: mmap.mmap) -> None:
             mapped.madvise(mmap.MADV_WILLNEED)
 
 
-def _read_pickle(path: Path) -> object:
+def read_pickle(path: Path) -> object:
+    """A torch pickle's tree of tensors, weights only. Memory-mapped where torch and the file allow it (nothing is
+    read before use), else read whole: mapping fails on some file systems, on zip records other tools wrote
+    unaligned, and before torch 2.1; torch 2.1 also maps only when given a `str` file name, never a Path."""
     # torch.serialization.load is the real loader even where a WebUI has replaced torch.load with its own checker;
     # weights_only=True is the security boundary: no code in the file is ever run.
+    _check_torch_file(path)
     try:
-        return torch.serialization.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch 2.1 maps through TypedStorage and warns that it is deprecated
+            warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
+            return torch.serialization.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
-        raise ModelError(
-            f"{path.name} is not a plain weights file: it asks to run code or build objects other than tensors, "
-            f"which is never done. Use the official file, or a .safetensors version of it. {SEE_MODELS}"
-        ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise _refused_pickle(path) from e
+    except Exception as mapped_error:  # any failure to map is retried without mapping, below
+        log.debug("Reading %s without memory-mapping it: %s", path, mapped_error)
+    try:
+        return torch.serialization.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise _refused_pickle(path) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise ModelError(
             f"{path.name} could not be read as a torch weights file ({e}); it is probably truncated or corrupt "
             f"({path.stat().st_size} bytes). Download it again. {SEE_MODELS}"
         ) from e
+
+
+# The first bytes of a pickle torch wrote before its zip format (protocol 2, then torch's magic number).
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a"
+
+
+def _check_torch_file(path: Path) -> None:
+    """A torch pickle is a zip archive (or, from torch before 1.6, a bare pickle with torch's magic number); anything
+    else — often an HTML error page saved by a failed download — is refused for what it is."""
+    with open(path, "rb") as f:
+        start = f.read(16)
+    if zipfile.is_zipfile(path) or start.startswith(LEGACY_TORCH_MAGIC):
+        return
+    if start.startswith(b"PK"):
+        reason = "truncated or corrupt: a zip archive without its directory, as a cut-off download leaves it"
+    else:
+        reason = f"not a torch weights file at all (it starts with {start[:12]!r})"
+    raise ModelError(f"{path.name} could not be read: it is {reason} ({path.stat().st_size} bytes). Download it "
+                     f"again. {SEE_MODELS}")
+
+
+def _refused_pickle(path: Path) -> ModelError:
+    return ModelError(
+        f"{path.name} is not a plain weights file: it asks to run code or build objects other than tensors, "
+        f"which is never done. Use the official file, or a .safetensors version of it. {SEE_MODELS}"
+    )
 
 
 def _flatten(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -187,8 +223,9 @@ def load_adapter(path: Path) -> FaceAdapter:
     return FaceAdapter.from_state_dict(sd)
 
 
-def check_adapter_weights(sd: dict[str, torch.Tensor], name: str) -> None:
-    """Refuse anything but an InstantID face adapter, saying what the file is instead."""
+def check_adapter_weights(sd: Mapping[str, torch.Tensor | Sequence[int]], name: str) -> None:
+    """Refuse anything but an InstantID face adapter, saying what the file is instead. `sd` maps names to tensors
+    or to their shapes (the checks read keys and shapes only)."""
     expected = (
         "expected InstantID's face adapter (ip-adapter.bin: 'image_proj' with a 'latents' resampler taking "
         f"{FACE_EMBEDDING_DIM}-d face embeddings, and 'ip_adapter' K/V weights)"
@@ -199,7 +236,7 @@ def check_adapter_weights(sd: dict[str, torch.Tensor], name: str) -> None:
         raise ModelError(
             f"{name} is an IP-Adapter of another kind (its image projection has no resampler 'latents'); {expected}."
         )
-    in_dim = sd["image_proj.proj_in.weight"].shape[1]
+    in_dim = _shape(sd["image_proj.proj_in.weight"])[1]
     if in_dim != FACE_EMBEDDING_DIM:
         raise ModelError(
             f"{name} is an IP-Adapter Plus for {in_dim}-wide image features (a CLIP image encoder), not InstantID's; "
@@ -208,7 +245,11 @@ def check_adapter_weights(sd: dict[str, torch.Tensor], name: str) -> None:
     _check_layer_ids(sd, name)
 
 
-def _check_layer_ids(sd: dict[str, torch.Tensor], name: str) -> None:
+def _shape(value: torch.Tensor | Sequence[int]) -> tuple[int, ...]:
+    return tuple(value.shape if isinstance(value, torch.Tensor) else value)
+
+
+def _check_layer_ids(sd: Mapping[str, object], name: str) -> None:
     ids = sorted({int(k.split(".")[1]) for k in sd if k.startswith("ip_adapter.")})
     if ids != list(range(1, 2 * len(ids), 2)):
         raise ModelError(f"{name}: its ip_adapter layers are numbered {ids[:6]}…, expected 1, 3, 5, …; the file is damaged.")
@@ -258,7 +299,8 @@ def _heads_from_config(config_file: Path) -> tuple[int, ...] | None:
     return tuple(heads) if isinstance(heads, list) else (heads,) * n_blocks
 
 
-def check_identitynet_weights(sd: dict[str, torch.Tensor], name: str) -> None:
+def check_identitynet_weights(sd: Mapping[str, torch.Tensor | Sequence[int]], name: str) -> None:
+    """Refuse anything but a diffusers-format ControlNet; like `check_adapter_weights`, from keys alone."""
     if any(k.startswith("image_proj.") or k.startswith("ip_adapter.") for k in sd):
         raise ModelError(f"{name} is InstantID's face adapter, not the IdentityNet: choose it as the adapter model.")
     if any(k.startswith(("control_model.", "input_hint_block.")) for k in sd):
@@ -284,7 +326,7 @@ def _adopt(module: nn.Module, sd: dict[str, torch.Tensor], name: str) -> None:
         raise ModelError(f"{name}: tensor shapes do not fit an IdentityNet ({e}).") from e
 
 
-def _describe(sd: dict[str, torch.Tensor]) -> str:
+def _describe(sd: Mapping[str, object]) -> str:
     sample = ", ".join(sorted(sd)[:3])
     return f"found {len(sd)} tensors such as {sample}"
 
