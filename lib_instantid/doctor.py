@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # only for annotations: importing these needs the packages th
     from .models.catalog import ModelEntry
 
 OK, MISSING, PROBLEM = "OK", "MISSING", "PROBLEM"
+# Module hooks that always run and state dicts adopted without a copy need torch 2.1; the oldest supported host
+# (A1111 1.8) installs 2.1.2.
+MIN_TORCH = (2, 1)
 PACKAGE_DIR = Path(__file__).parent  # where the search for the WebUI root starts
 INSTALLER_FIX = "start the WebUI once (this extension's install.py adds it without changing the WebUI's packages)"
 OPENCV_BUILDS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
@@ -55,10 +58,11 @@ class Package:
     label: str
     builds: tuple[str, ...]  # distributions that provide it; any one will do
     fix: str
+    minimum: tuple[int, int] | None = None  # the oldest (major, minor) the code runs on
 
 
 PACKAGES = (
-    Package("torch", ("torch",), "the WebUI brings it: install or repair the WebUI"),
+    Package("torch", ("torch",), "the WebUI brings it: install or repair the WebUI", minimum=MIN_TORCH),
     Package("numpy", ("numpy",), f"{INSTALLER_FIX}; without a WebUI: `pip install numpy`"),
     Package("opencv (cv2)", OPENCV_BUILDS, f"{INSTALLER_FIX}; without a WebUI: `pip install opencv-python-headless`"),
     Package("safetensors", ("safetensors",), "the WebUI brings it; without a WebUI: `pip install safetensors`"),
@@ -96,6 +100,10 @@ def check_package(package: Package) -> Finding:
     if package.builds == ONNXRUNTIME_BUILDS and len(found) > 1:
         return Finding(PROBLEM, package.label, f"{listed} share one `onnxruntime` module and overwrite each other: "
                        f"`pip uninstall -y {' '.join(found)}`, then {INSTALLER_FIX}")
+    if package.minimum is not None and any(_major_minor(v) < package.minimum for v in found.values()):
+        oldest = ".".join(map(str, package.minimum))
+        return Finding(PROBLEM, package.label, f"{listed}: InstantID needs {package.label} {oldest} or newer (the "
+                       f"WebUIs it supports install 2.1.2 or newer); update the WebUI, which brings its own")
     if package.label == "scikit-image" and _major_minor(found["scikit-image"]) >= (2, 2):
         return Finding(PROBLEM, package.label,
                        f"{listed}: insightface's face alignment needs < 2.2: `pip install \"scikit-image<2.2\"`")

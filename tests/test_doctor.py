@@ -301,6 +301,27 @@ def test_missing_packages_are_named_with_their_fix(webui, monkeypatch, capsys):
     assert not any(text.startswith("OK      onnxruntime providers") for text in lines)
 
 
+@pytest.mark.parametrize("version, status", [("2.0.1+cu118", doctor.PROBLEM), ("2.1.2+cu121", doctor.OK),
+                                             ("2.13.0+cpu", doctor.OK)])
+def test_torch_older_than_supported_is_a_problem_with_its_version(monkeypatch, version, status):
+    monkeypatch.setattr(doctor, "installed_version", {"torch": version}.get)
+
+    finding = doctor.check_package(next(p for p in doctor.PACKAGES if p.label == "torch"))
+
+    assert finding.status == status
+    assert finding.detail.startswith(version)
+    if status == doctor.PROBLEM:
+        assert "needs torch 2.1 or newer" in finding.detail
+
+
+def test_the_report_names_the_torch_in_use(webui, capsys):
+    import torch
+
+    _, lines = run(capsys, "--webui", str(webui))
+
+    assert line(lines, "OK", "torch") == f"OK      torch: {torch.__version__}"
+
+
 def test_two_onnxruntime_builds_are_a_problem(monkeypatch):
     versions = {"onnxruntime": "1.16.3", "onnxruntime-gpu": "1.17.1"}
     monkeypatch.setattr(doctor, "installed_version", versions.get)
