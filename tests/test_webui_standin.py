@@ -153,8 +153,8 @@ def test_txt2img_hook_order_and_args(ui):
     assert details("process_before_every_sampling")[0]["keys"] == ("c", "noise", "uc", "x")
     runner = scripts.scripts_txt2img
     recorder = next(s for s in runner.alwayson_scripts if isinstance(s, Recorder))
-    # index 0 is the script dropdown; the built-in sections (sampler, seed) are built before section None
-    assert runner.inputs[0].label == "Script" and recorder.args_from == 10 and recorder.args_to == 13
+    # index 0 is the script dropdown; the built-in sections (sampler, refiner, seed) are built before section None
+    assert runner.inputs[0].label == "Script" and recorder.args_from == 13 and recorder.args_to == 16
     assert len(result.processed.images) == 1 and "Seed: 7" in result.processed.infotexts[0]
 
 

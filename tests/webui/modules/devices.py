@@ -1,4 +1,10 @@
-"""modules/devices.py stand-in: CPU, fp32, autocast is a no-op (what A1111 does with fp32 dtypes)."""
+"""modules/devices.py stand-in: CPU, fp32, autocast is a no-op (what A1111 does with fp32 dtypes).
+
+`device` is `cpu` itself by default. `use_distinct_device()` (stand-in only) makes `device` and the per-task
+devices (`device_esrgan`, ...) the distinct object `torch.device("cpu", 0)` standing for the GPU: tensors on it
+still report "cpu", but `devices.device != devices.cpu`, so code that picks a device object can be told apart,
+and modules.lowvram's move log can say which of the two a module was sent to.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -23,15 +29,30 @@ def has_xpu() -> bool:
 
 
 def get_optimal_device_name():
-    return "cpu"
+    return str(device)
 
 
 def get_optimal_device():
-    return cpu
+    return device
 
 
 def get_device_for(task):
-    return cpu
+    return device
+
+
+STANDIN_ACCELERATOR = torch.device("cpu", 0)  # what `device` is while use_distinct_device() is on
+
+
+def use_distinct_device(enabled=True):
+    """Stand-in only: make `device` (and shared.device, device_esrgan, ...) the distinct "GPU" object
+    torch.device("cpu", 0), or with enabled=False the plain `cpu` again (the default)."""
+    global device, device_interrogate, device_gfpgan, device_esrgan, device_codeformer
+    from modules import shared
+
+    chosen = STANDIN_ACCELERATOR if enabled else cpu
+    device = device_interrogate = device_gfpgan = device_esrgan = device_codeformer = chosen
+    shared.device = chosen
+    return chosen
 
 
 def torch_gc():

@@ -11,12 +11,24 @@ Hook order (notes §1.5/§1.7), all through p.scripts:
       postprocess_image_after_composite, infotext
     grid -> extra networks deactivate -> Processed -> postprocess
 Exceptions from sampling propagate (no postprocess); the caller's `closing(p)` still calls p.close().
-Not modelled: face restoration, colour correction, refiner, firstpass_image, styles, token merging, saving files,
-inpainting-model conditioning (image_conditioning is A1111's dummy zeros [B,5,1,1]).
+Low VRAM (modules/lowvram.py): `lowvram.send_everything_to_cpu()` after each batch's VAE decode when the model is
+in low-VRAM mode; under lowvram the hires conds are computed in setup_conds (before the text encoder is unloaded).
+The stand-in writes its timeline events (`lowvram.record`) here: "text encode", "vae encode", "vae decode",
+"sampling start"/"sampling end" (pass="txt2img"/"hires"/"img2img"); models that never went through
+sd_models.send_model_to_device get it (`lowvram.ensure_applied`) when a job starts or the model is reloaded, and
+the UNet modules get sd_hijack_unet's skip-size-tolerant torch.cat then too.
+Inpainting masks (img2img init): p.image_mask is never changed; the local copy goes through create_binary_mask
+(alpha of a translucent RGBA mask), invert ("Inpaint not masked"), Gaussian blur x then y, then "Only masked"
+(crop box = get_crop_region_v2 + expand_crop_region, p.paste_to) or "Whole picture" (resize, overlay mask x2);
+a blank mask under "Only masked" sets p.inpaint_full_res = False for good (later calls on the same p see it).
+Not modelled: face restoration, colour correction (setup_color_correction only), firstpass_image,
+styles, token merging, saving files, inpainting-model conditioning (image_conditioning is A1111's dummy zeros
+[B,5,1,1]).
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,8 +40,8 @@ from PIL import Image, ImageOps
 
 import modules.sd_models as sd_models
 import modules.shared as shared
-from modules import devices, errors, extra_networks, images, infotext_utils, masking, prompt_parser, rng, scripts
-from modules import sd_samplers, sd_samplers_common
+from modules import devices, errors, extra_networks, images, infotext_utils, lowvram, masking, prompt_parser, rng, scripts
+from modules import sd_hijack_unet, sd_samplers, sd_samplers_common, sd_unet
 from modules.sd_samplers_common import approximation_indexes, decode_first_stage, images_tensor_to_samples  # noqa: F401
 from modules.shared import cmd_opts, opts, state
 
@@ -41,6 +53,11 @@ _SEED_LIMIT = 4294967294  # random seeds are drawn from [0, this)
 
 def program_version():
     return "v1.10.1-standin"
+
+
+def setup_color_correction(image):
+    """The LAB image colour correction is calibrated on (applying it is not modelled)."""
+    return cv2.cvtColor(np.asarray(image.copy()), cv2.COLOR_RGB2LAB)
 
 
 def uncrop(image, dest_size, paste_loc):
@@ -105,6 +122,7 @@ def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
     decoded = DecodedSamples()
     for latent in batch.split(1):
         pixels = decode_first_stage(model, latent)[0]
+        lowvram.record("vae decode")
         if check_for_nans:
             devices.test_for_nans(pixels, "vae")
         decoded.append(pixels if target_device is None else pixels.to(target_device))
@@ -324,6 +342,7 @@ class StableDiffusionProcessing:
         slot = caches[0]
         with devices.autocast():
             slot[1] = function(shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling)
+        lowvram.record("text encode")
         slot[0] = key
         return slot[1]
 
@@ -498,7 +517,15 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     return "\n".join(lines).strip()
 
 
+def _reload_model_weights(**kwargs):
+    """sd_models.reload_model_weights; a model that becomes current has been sent to its device (lowvram.apply)."""
+    sd_models.reload_model_weights(**kwargs)
+    lowvram.ensure_applied(shared.sd_model)
+
+
 def process_images(p: StableDiffusionProcessing) -> Processed:
+    lowvram.ensure_applied(shared.sd_model)  # done at load in A1111 (sd_models.send_model_to_device)
+    sd_hijack_unet.apply()  # A1111 installs it at model load (sd_hijack's optimizations)
     if p.scripts is not None:
         p.scripts.before_process(p)
 
@@ -508,12 +535,12 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
         wanted = p.override_settings.get('sd_model_checkpoint')
         if sd_models.checkpoint_aliases.get(wanted) is None:  # no (known) checkpoint override: use the opts one
             p.override_settings.pop('sd_model_checkpoint', None)
-            sd_models.reload_model_weights()
+            _reload_model_weights()
 
         for key, value in p.override_settings.items():
             opts.set(key, value, is_api=True, run_callbacks=False)
             if key == 'sd_model_checkpoint':
-                sd_models.reload_model_weights()
+                _reload_model_weights()
 
         sd_models.apply_token_merging(p.sd_model, p.get_token_merging_ratio())
         sd_samplers.fix_p_invalid_sampler_and_scheduler(p)
@@ -544,6 +571,11 @@ def _prepare_job(p):
         if getattr(p, attribute) is None:  # not given: the setting decides
             setattr(p, attribute, getattr(opts, option))
 
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        p.refiner_checkpoint_info = sd_models.get_closet_checkpoint_match(p.refiner_checkpoint)
+        if p.refiner_checkpoint_info is None:
+            raise Exception(f'Could not find checkpoint with name {p.refiner_checkpoint}')
+
     model = shared.sd_model
     p.sd_model_name = model.sd_checkpoint_info.name_for_extra
     p.sd_model_hash = model.sd_model_hash
@@ -557,6 +589,11 @@ def _prepare_job(p):
     step = 0 if p.subseed_strength != 0 else 1
     p.all_seeds = seed if isinstance(seed, list) else [int(seed) + i * step for i in range(count)]
     p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + i for i in range(count)]
+
+
+def _activate_networks_unconditionally(p, data):
+    with devices.autocast():
+        extra_networks.activate(p, data)
 
 
 def _activate_networks(p, data):
@@ -622,6 +659,10 @@ def _sample_batch(p, n):
     pixels = ((torch.stack(decoded).float() + 1.0) / 2.0).clamp(0.0, 1.0)
     del latents
 
+    lowvram.ensure_applied(shared.sd_model)
+    if lowvram.is_enabled(shared.sd_model):
+        lowvram.send_everything_to_cpu()
+
     state.nextjob()
 
     if p.scripts is not None:
@@ -670,6 +711,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     with torch.no_grad(), p.sd_model.ema_scope():
         with devices.autocast():
             p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+            sd_unet.apply_unet()  # the replacement UNet the setting names, if any
         if state.job_count == -1:  # not set by the caller: one job per batch
             state.job_count = p.n_iter
 
@@ -678,7 +720,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             state.skipped = False  # a skip ends only the batch it was requested in
             if _stop_requested():
                 break
-            sd_models.reload_model_weights()
+            _reload_model_weights()  # the refiner may have swapped the model
 
             pixels = _sample_batch(p, n)
             if pixels is None:
@@ -718,6 +760,12 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     if p.scripts is not None:
         p.scripts.postprocess(p, result)
     return result
+
+
+def old_hires_fix_first_pass_dimensions(width, height):
+    """The pre-1.0 first-pass size: about 512x512 pixels with the final aspect, each side rounded up to 64."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
 
 
 @dataclass(repr=False)
@@ -766,6 +814,15 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         self.cached_hr_c, self.cached_hr_uc = cls.cached_hr_c, cls.cached_hr_uc
 
     def calculate_target_resolution(self):
+        """hr_upscale_to_x/y (no rounding to 8) and, when both resize sides are given, the latent overshoot
+        truncate_x/y (in latent pixels) of the cover-the-box resize."""
+        if opts.use_old_hires_fix_width_height and self.applied_old_hires_behavior_to != (self.width, self.height):
+            # width/height were the final size: the first pass gets a ~512x512 size of the same aspect
+            self.hr_resize_x, self.hr_resize_y = self.width, self.height
+            self.hr_upscale_to_x, self.hr_upscale_to_y = self.width, self.height
+            self.width, self.height = old_hires_fix_first_pass_dimensions(self.width, self.height)
+            self.applied_old_hires_behavior_to = (self.width, self.height)
+
         want_w, want_h = self.hr_resize_x, self.hr_resize_y
         if not want_w and not want_h:
             scale = self.hr_scale
@@ -777,14 +834,13 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         fit_width = (want_w, want_w * self.height // self.width)
         fit_height = (want_h * self.width // self.height, want_h)
         if not want_h:
-            chosen = fit_width
+            self.hr_upscale_to_x, self.hr_upscale_to_y = fit_width
         elif not want_w:
-            chosen = fit_height
+            self.hr_upscale_to_x, self.hr_upscale_to_y = fit_height
         else:
             # both given: cover the box keeping the aspect ratio, then crop the overshoot in latent space
-            chosen = fit_width if self.width * want_h < want_w * self.height else fit_height
-        self.hr_upscale_to_x, self.hr_upscale_to_y = chosen
-        if want_w and want_h:
+            wider_box = self.width / self.height < want_w / want_h
+            self.hr_upscale_to_x, self.hr_upscale_to_y = fit_width if wider_box else fit_height
             self.truncate_x = (self.hr_upscale_to_x - want_w) // opt_f
             self.truncate_y = (self.hr_upscale_to_y - want_h) // opt_f
 
@@ -845,7 +901,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         noise = self.rng.next()
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(p=self, x=noise, noise=noise, c=conditioning, uc=unconditional_conditioning)
+        lowvram.record("sampling start", **{"pass": "txt2img"})
         first_pass = self.sampler.sample(self, noise, conditioning, unconditional_conditioning, image_conditioning=self.txt2img_image_conditioning(noise))
+        lowvram.record("sampling end", **{"pass": "txt2img"})
         del noise
         if not self.enable_hr:
             return first_pass
@@ -855,7 +913,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             pixels = torch.stack(decode_latent_batch(self.sd_model, first_pass, target_device=devices.cpu, check_for_nans=True)).to(dtype=torch.float32)
 
         with sd_models.SkipWritingToConfig():
-            sd_models.reload_model_weights(info=self.hr_checkpoint_info)
+            _reload_model_weights(info=self.hr_checkpoint_info)
         return self.sample_hr_pass(first_pass, pixels, seeds, subseeds, subseed_strength, prompts)
 
     def _upscaled_batch(self, decoded_samples, width, height):
@@ -877,6 +935,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         if self.latent_scale_mode is None:
             pixels = self._upscaled_batch(decoded_samples, width, height)
             latents = images_tensor_to_samples(pixels, approximation_indexes.get(opts.sd_vae_encode_method))
+            lowvram.record("vae encode")
             image_conditioning = self.img2img_image_conditioning(pixels, latents)
         else:
             mode = self.latent_scale_mode
@@ -903,7 +962,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             runner.process_before_every_sampling(p=self, x=latents, noise=noise, c=self.hr_c, uc=self.hr_uc)
 
         steps = self.hr_second_pass_steps or self.steps
+        lowvram.record("sampling start", **{"pass": "hires"})
         latents = self.sampler.sample_img2img(self, latents, noise, self.hr_c, self.hr_uc, steps=steps, image_conditioning=image_conditioning)
+        lowvram.record("sampling end", **{"pass": "hires"})
 
         self.sampler = None
         result = decode_latent_batch(self.sd_model, latents, target_device=devices.cpu, check_for_nans=True)
@@ -949,8 +1010,16 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             return
         super().setup_conds()
         self.hr_c = self.hr_uc = None
-        if self.enable_hr and self.hr_checkpoint_info is None and shared.opts.hires_fix_use_firstpass_conds:
+        if not self.enable_hr or self.hr_checkpoint_info is not None:
+            return
+        if shared.opts.hires_fix_use_firstpass_conds:
             self.calculate_hr_conds()
+        elif lowvram.is_enabled(shared.sd_model) and shared.sd_model.sd_checkpoint_info == sd_models.select_checkpoint():
+            # low VRAM: the hires conds are made now, while the text encoder is still loaded (with the hires
+            # prompts' extra networks activated for the moment)
+            _activate_networks_unconditionally(self, self.hr_extra_network_data)
+            self.calculate_hr_conds()
+            _activate_networks_unconditionally(self, self.extra_network_data)
 
     def get_conds(self):
         if self.is_hr_pass:
@@ -1099,6 +1168,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
         image = torch.from_numpy(batch).to(shared.device, dtype=devices.dtype_vae)
         self.init_latent = images_tensor_to_samples(image, approximation_indexes.get(opts.sd_vae_encode_method), self.sd_model)
+        lowvram.record("vae encode")
         if self.resize_mode == 3:  # "just resize (latent upscale)"
             self.init_latent = torch.nn.functional.interpolate(self.init_latent, size=(self.height // opt_f, self.width // opt_f), mode="bilinear")
 
@@ -1136,7 +1206,9 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
         if self.scripts is not None:
             self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=noise, c=conditioning, uc=unconditional_conditioning)
+        lowvram.record("sampling start", **{"pass": "img2img"})
         latents = self.sampler.sample_img2img(self, self.init_latent, noise, conditioning, unconditional_conditioning, image_conditioning=self.image_conditioning)
+        lowvram.record("sampling end", **{"pass": "img2img"})
 
         if self.mask is None:
             return latents

@@ -243,15 +243,19 @@ def load_script(path, basedir=None):
 
 def load_scripts(extension_script_paths=(), *, include_xyz=True, extra_script_classes=()):
     """Stand-in for A1111's load_scripts: clears scripts_data and all script callbacks, loads the root scripts
-    (the xyz_grid stand-in), then the given extension scripts (and `extra_script_classes`, registered as if they
-    came from an extension), then the built-in processing scripts (Sampler, Seed), and creates fresh runners."""
+    (the stand-ins in scripts/, sorted by file name like A1111's: loopback, outpainting_mk_2,
+    poor_mans_outpainting, sd_upscale, xyz_grid; include_xyz=False skips them all), then the given extension
+    scripts (and `extra_script_classes`, registered as if they came from an extension), then the built-in
+    processing scripts (Sampler, Seed), and creates fresh runners."""
     global scripts_txt2img, scripts_img2img
     script_callbacks.clear_callbacks()
     for registry in (scripts_data, postprocessing_scripts_data):
         registry.clear()
 
     if include_xyz:
-        load_script(XYZ_GRID_PATH, basedir=paths.script_path)
+        root_dir = os.path.dirname(XYZ_GRID_PATH)
+        for filename in sorted(name for name in os.listdir(root_dir) if name.endswith(".py")):
+            load_script(os.path.join(root_dir, filename), basedir=paths.script_path)
     for path in extension_script_paths:
         load_script(path)
     for script_class in extra_script_classes:  # Script classes defined in test helpers, as if from an extension

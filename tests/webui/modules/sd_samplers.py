@@ -1,20 +1,26 @@
-"""modules/sd_samplers.py stand-in: the sampler table ("Euler" first, then "Heun"), lookup and creation."""
+"""modules/sd_samplers.py stand-in: the sampler table, lookup and creation.
+
+All 20 samplers of A1111 1.10 in its order: the 15 k-diffusion ones ("DPM++ 2M" first, so it is the default of
+the UI's dropdown and of find_sampler_config(None)), then DDIM, DDIM CFG++, PLMS, UniPC (sd_samplers_timesteps),
+then LCM. The API's default sampler is "Euler" (its request model's sampler_index).
+"""
 from __future__ import annotations
 
 import logging
 
-from modules import sd_samplers_kdiffusion, sd_schedulers
+from modules import sd_samplers_kdiffusion, sd_samplers_lcm, sd_samplers_timesteps, sd_schedulers, shared
 from modules.sd_samplers_common import samples_to_image_grid, sample_to_image  # noqa: F401
 
-all_samplers = [*sd_samplers_kdiffusion.samplers_data_k_diffusion]
+all_samplers = [
+    *sd_samplers_kdiffusion.samplers_data_k_diffusion,
+    *sd_samplers_timesteps.samplers_data_timesteps,
+    *sd_samplers_lcm.samplers_data_lcm,
+]
 all_samplers_map = {x.name: x for x in all_samplers}
 samplers = all_samplers
 samplers_for_img2img = all_samplers
 samplers_map = {}
-for _sampler in all_samplers:
-    samplers_map[_sampler.name.lower()] = _sampler.name
-    for _alias in _sampler.aliases:
-        samplers_map[_alias.lower()] = _sampler.name
+samplers_hidden = set()
 
 
 def find_sampler_config(name):
@@ -25,13 +31,31 @@ def find_sampler_config(name):
 def create_sampler(name, model):
     config = find_sampler_config(name)
     assert config is not None, f'bad sampler name: {name}'
+    if model.is_sdxl and config.options.get("no_sdxl", False):
+        raise Exception(f"Sampler {config.name} is not supported for SDXL")
     instance = config.constructor(model)
     instance.config = config
     return instance
 
 
+def set_samplers():
+    """Rebuilds the name map and the hidden set (opts.hide_samplers)."""
+    global samplers, samplers_for_img2img, samplers_hidden
+    samplers_hidden = set(shared.opts.hide_samplers)
+    samplers = samplers_for_img2img = all_samplers
+    samplers_map.clear()
+    for sampler in all_samplers:
+        samplers_map[sampler.name.lower()] = sampler.name
+        for alias in sampler.aliases:
+            samplers_map[alias.lower()] = sampler.name
+
+
+def visible_sampler_names():
+    return [x.name for x in samplers if x.name not in samplers_hidden]
+
+
 def visible_samplers():
-    return all_samplers
+    return [x for x in samplers if x.name not in samplers_hidden]
 
 
 def get_sampler_and_scheduler(sampler_name, scheduler_name, *, convert_automatic=True):
@@ -57,6 +81,27 @@ def _names_from_infotext(params):
     return get_sampler_and_scheduler(params.get("Sampler"), params.get("Schedule type"))
 
 
+def get_hr_sampler_and_scheduler(d: dict):
+    """The infotext's hires sampler/scheduler, or "Use same sampler"/"Use same scheduler" if they are the first
+    pass's."""
+    hr_sampler = d.get("Hires sampler", "Use same sampler")
+    sampler = d.get("Sampler") if hr_sampler == "Use same sampler" else hr_sampler
+    hr_scheduler = d.get("Hires schedule type", "Use same scheduler")
+    scheduler = d.get("Schedule type") if hr_scheduler == "Use same scheduler" else hr_scheduler
+    sampler, scheduler = get_sampler_and_scheduler(sampler, scheduler)
+    sampler = sampler if sampler != d.get("Sampler") else "Use same sampler"
+    scheduler = scheduler if scheduler != d.get("Schedule type") else "Use same scheduler"
+    return sampler, scheduler
+
+
+def get_hr_sampler_from_infotext(d: dict):
+    return get_hr_sampler_and_scheduler(d)[0]
+
+
+def get_hr_scheduler_from_infotext(d: dict):
+    return get_hr_sampler_and_scheduler(d)[1]
+
+
 def get_sampler_from_infotext(d: dict):
     return _names_from_infotext(d)[0]
 
@@ -70,3 +115,6 @@ def fix_p_invalid_sampler_and_scheduler(p):
     if (sampler, scheduler) != (p.sampler_name, p.scheduler):
         logging.warning(f'Sampler Scheduler autocorrection: "{p.sampler_name}" -> "{sampler}", "{p.scheduler}" -> "{scheduler}"')
         p.sampler_name, p.scheduler = sampler, scheduler
+
+
+set_samplers()

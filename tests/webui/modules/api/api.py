@@ -1,10 +1,16 @@
-"""modules/api/api.py stand-in: /sdapi/v1/txt2img and /img2img with A1111 1.10's script-args mapping and error
-handling, plus a few small endpoints (interrupt, skip, scripts, script-info, png-info).
+"""modules/api/api.py stand-in: /sdapi/v1/txt2img and /img2img with A1111 1.10's script-args mapping, `infotext`
+request field and error handling, --api-auth, plus a few small endpoints (interrupt, skip, scripts, script-info,
+png-info).
 
-`create_api()` is the stand-in's webui.py: it builds a FastAPI app, installs the middleware, creates the Api
-(which builds the UI if the runners are empty and computes default script args by calling every script's ui()
-again inside a throw-away gr.Blocks) and fires `on_app_started` (see create_api for the two start-up orders).
-Use it with fastapi.testclient.TestClient(app).
+--api-auth ("u:p[,u2:p2]", read when the Api is built): only routes added through `Api.add_api_route` get the
+HTTP Basic dependency. Missing credentials give HTTPBasic's 401 "Not authenticated", wrong ones 401 "Incorrect
+username or password"; both pass through the API's exception handler, whose JSON response drops the
+WWW-Authenticate header the HTTPException carried (as in A1111). Routes an extension adds with
+`app.add_api_route` in on_app_started are not protected. The Api object is not kept anywhere reachable by
+extensions (here: app.state.api, for tests only).
+
+`create_api()` is the stand-in's webui.py start-up (see its docstring for the two orders and apps). Use it with
+fastapi.testclient.TestClient(app), or through the harness (api_client / ui_client).
 """
 from __future__ import annotations
 
@@ -12,13 +18,15 @@ import base64
 import io
 from contextlib import closing
 from io import BytesIO
+from secrets import compare_digest
 from threading import Lock
 
 import gradio as gr
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import PngImagePlugin
 
 import modules.shared as shared
@@ -118,6 +126,12 @@ def api_middleware(app: FastAPI):
 
 class Api:
     def __init__(self, app: FastAPI, queue_lock: Lock):
+        if shared.cmd_opts.api_auth:
+            self.credentials = {}
+            for auth in shared.cmd_opts.api_auth.split(","):
+                user, password = auth.split(":")  # (sic) a password containing ":" is a ValueError at start-up
+                self.credentials[user] = password
+
         self.app, self.queue_lock, self.router = app, queue_lock, APIRouter()
         api_middleware(app)
 
@@ -146,7 +160,15 @@ class Api:
         self.default_script_arg_txt2img, self.default_script_arg_img2img = defaults
 
     def add_api_route(self, path: str, endpoint, **kwargs):
+        if shared.cmd_opts.api_auth:
+            return self.app.add_api_route(path, endpoint, dependencies=[Depends(self.auth)], **kwargs)
         return self.app.add_api_route(path, endpoint, **kwargs)
+
+    def auth(self, credentials: HTTPBasicCredentials = Depends(HTTPBasic())):
+        if credentials.username in self.credentials:
+            if compare_digest(credentials.password, self.credentials[credentials.username]):
+                return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
 
     def get_selectable_script(self, script_name, script_runner):
         if not script_name:  # None or ""
@@ -211,7 +233,7 @@ class Api:
         if not request.infotext:
             return {}
 
-        fields = infotext_utils.paste_fields.get(tabname, {}).get("fields", [])
+        fields = infotext_utils.paste_fields[tabname]["fields"]  # includes every script's infotext_fields
         explicitly_set = request.dict(exclude_unset=True)
         params = infotext_utils.parse_generation_parameters(request.infotext)
 
@@ -327,15 +349,49 @@ class Api:
         shared.state.skip()
 
 
-def create_api(app: FastAPI | None = None, *, demo=None) -> FastAPI:
-    """Stand-in for webui.py's startup of the API.
+def gradio_auth_creds():
+    """initialize_util.get_gradio_auth_creds: (user, password) pairs from --gradio-auth ("u:p,u2:p2"; split at the
+    first ":") and the lines of the --gradio-auth-path file."""
+    def credential(text):
+        text = text.strip()
+        return tuple(text.split(':', 1)) if text else None
 
-    demo None (--nowebui, api_only): Api(app) builds the UI itself if the runners are empty, then
-    on_before_ui callbacks, then on_app_started(None, app).
-    demo given (the UI was built first, launched with --api): Api(app), then on_app_started(demo, app)."""
-    app = app or FastAPI()
-    app.state.api = Api(app, Lock())
+    texts = shared.cmd_opts.gradio_auth.split(',') if shared.cmd_opts.gradio_auth else []
+    if shared.cmd_opts.gradio_auth_path:
+        with open(shared.cmd_opts.gradio_auth_path, encoding="utf8") as file:
+            texts += [part for line in file.readlines() for part in line.strip().split(',')]
+    return [found for found in map(credential, texts) if found]
+
+
+def create_gradio_app(demo):
+    """What `demo.launch(auth=..., app_kwargs=...)` hands webui.py: gradio 3.41's routes.App for the demo, with
+    `app.auth` ({user: password} from --gradio-auth, or None) and an empty `app.tokens` (gradio's /login fills it
+    and sets the cookies `access-token` (Secure) and `access-token-unsecure`). The server itself is not started.
+    Then, as webui.py: gradio's CORS middleware is removed (A1111's setup_middleware would add GZip, and CORS only
+    for --cors-allow-origins: not modelled)."""
+    from gradio import routes
+
+    demo.auth = gradio_auth_creds() or None
+    app = routes.App.create_app(demo, app_kwargs={"docs_url": "/docs", "redoc_url": "/redoc"})
+    app.user_middleware = [x for x in app.user_middleware if x.cls.__name__ != 'CORSMiddleware']
+    return app
+
+
+def create_api(app: FastAPI | None = None, *, demo=None, api=True) -> FastAPI:
+    """Stand-in for webui.py's start-up.
+
+    demo None (--nowebui, webui.api_only): a plain FastAPI (no `auth`/`tokens` attributes); Api(app) builds the UI
+    itself if the runners are empty; then on_before_ui callbacks, then on_app_started(None, app).
+    demo given (the UI was built first, webui.webui): gradio's App for the demo (create_gradio_app, honouring
+    --gradio-auth); with `api` (--api) the Api is added; then on_app_started(demo, app).
+    `app` replaces the app that would be created."""
     if demo is None:
+        app = app or FastAPI()
+        app.state.api = Api(app, Lock())
         script_callbacks.before_ui_callback()
+    else:
+        app = app or create_gradio_app(demo)
+        if api:
+            app.state.api = Api(app, Lock())
     script_callbacks.app_started_callback(demo, app)
     return app
