@@ -166,7 +166,7 @@ def main() -> None:
                 unet, tokens, lambda x, c: CallInfo(rows, step[0], steps),
                 adapter=adapter, adapter_schedule=Schedule(0.8),
                 identitynet=identitynet, identitynet_schedule=Schedule(0.8),
-                hint=HintFeatures(identitynet, lambda w, h: KEYPOINTS_64 * (w / 64)),
+                hint=HintFeatures(identitynet, lambda w, h, image: KEYPOINTS_64 * (w / 64)),
             )
             with hooks:
                 return sample(unet, x0, context, y, steps, a.cfg, on_step=lambda i: step.__setitem__(0, i))

@@ -89,7 +89,7 @@ def main() -> None:
     embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32) * 1.5
     tokens = project_face(adapter, embedding, torch.device("cpu"), torch.float32)
     size = a.latent * LATENT_SCALE
-    hint = HintFeatures(identitynet, lambda w, h: KEYPOINTS_64 * (w / 64))
+    hint = HintFeatures(identitynet, lambda w, h, image: KEYPOINTS_64 * (w / 64))
     step = 1  # of TOTAL_STEPS; the "outside window" variant starts the IdentityNet at 0.5
 
     def hooks(identitynet_on: bool = True, window: tuple[float, float] = (0.0, 1.0)) -> InstantIDHooks:

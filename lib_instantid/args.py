@@ -12,7 +12,8 @@ from .errors import InstantIDError
 from .images import decode_image
 
 INFOTEXT_KEY = "InstantID"
-AUTOMATIC = "Automatic"  # a model name that means: the one installed model that fits the checkpoint
+AUTOMATIC = "Automatic"  # a model name that means: the first installed model that fits the checkpoint
+CHOICE_SEPARATOR = " — "  # between a model's name and its description in the panel's dropdowns
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ class InstantIDArgs:
         help="Whose face position and angle to use. Empty: the face photo (txt2img) or the init image (img2img)."))
     identitynet_model: str = setting("", Spec(
         "IdentityNet", str, infotext="IdentityNet",
-        help=f"Empty or {AUTOMATIC}: the one installed IdentityNet that fits the checkpoint."))
+        help=f"Empty or {AUTOMATIC}: the first installed IdentityNet that fits the checkpoint (models/instantid first)."))
     adapter_model: str = setting("", Spec(
         "Face adapter", str, infotext="Adapter",
-        help=f"Empty or {AUTOMATIC}: the one installed face adapter that fits the checkpoint."))
+        help=f"Empty or {AUTOMATIC}: the first installed face adapter that fits the checkpoint (models/instantid first)."))
     identitynet_weight: float = setting(0.8, Spec(
         "IdentityNet weight", infotext="IdentityNet weight",
         help="How strongly the face keypoints steer the composition (0.8 recommended).", **WEIGHT))
@@ -146,6 +147,17 @@ def specs() -> list[tuple[str, Spec, Any]]:
     return [(f.name, f.metadata["spec"], f.default) for f in fields(InstantIDArgs)]
 
 
+def name_of_choice(text: str) -> str:
+    """The model name in a dropdown entry (or the name itself, as the API sends it)."""
+    return text.split(CHOICE_SEPARATOR, 1)[0]
+
+
+def in_panel_words(message: str) -> str:
+    """A message written with the API's field names, told with the panel's labels instead ("Face photo(s)")."""
+    labels = {name: spec.label for name, spec, _ in specs()}
+    return _FIELD_NAMES.sub(lambda m: f'"{labels[m.group(0)]}"', message)
+
+
 def _recorded() -> list:
     return [(f, f.metadata["spec"]) for f in fields(InstantIDArgs) if f.metadata["spec"].infotext]
 
@@ -165,7 +177,7 @@ def _check(name: str, spec: Spec, value: Any) -> Any:
             return ""
         if not isinstance(value, str):
             raise InstantIDError(f"{name} must be a string (a model name), got {value!r}.", field=name)
-        return value
+        return name_of_choice(value)
     return _check_number(name, spec, value)
 
 
@@ -203,6 +215,7 @@ def _parse(spec: Spec, text: str) -> Any:
         return None
 
 
+_FIELD_NAMES = re.compile(r"\b(" + "|".join(f.name for f in fields(InstantIDArgs)) + r")\b")
 # Inner pairs of the InstantID entry, written and read the way the WebUI writes its own infotext.
 _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 

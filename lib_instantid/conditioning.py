@@ -2,6 +2,7 @@
 store that keeps them across jobs."""
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -11,6 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .keypoints import draw_keypoints
@@ -34,10 +36,13 @@ class FaceTokens:
 
 @torch.no_grad()
 def project_face(adapter: FaceAdapter, embedding: np.ndarray, device: torch.device, dtype: torch.dtype) -> FaceTokens:
+    """Both rows of tokens, computed on `device` in `dtype` wherever the adapter's weights are kept (its copies
+    there are made for the call only: the adapter need not live on the GPU)."""
     e = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(1, 1, -1)
+    inputs = torch.cat([torch.zeros_like(e), e]).to(device, dtype)
     proj = adapter.image_proj
-    inputs = torch.cat([torch.zeros_like(e), e]).to(proj.latents.device, proj.latents.dtype)
-    return FaceTokens(proj(inputs).to(device, dtype))
+    weights = {name: t.to(device, dtype) for name, t in itertools.chain(proj.named_parameters(), proj.named_buffers())}
+    return FaceTokens(torch.func.functional_call(proj, weights, (inputs,)))
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,12 @@ class LayerKV:
 
 @torch.no_grad()
 def face_kv(adapter: FaceAdapter, tokens: FaceTokens, heads: list[int]) -> list[LayerKV]:
-    """K/V of the face tokens for every cross-attention layer, given each layer's head count."""
+    """K/V of the face tokens for every cross-attention layer, given each layer's head count; computed where the
+    tokens are, one layer's weights copied there at a time."""
+    t = tokens.both
     out = []
     for layer, n_heads in zip(adapter.layers, heads):
-        t = tokens.both.to(layer.to_k_ip.weight.device, layer.to_k_ip.weight.dtype)
-        k, v = (split_heads(proj(t), n_heads).to(tokens.both.device, tokens.both.dtype)
+        k, v = (split_heads(F.linear(t, proj.weight.to(t.device, t.dtype)), n_heads)
                 for proj in (layer.to_k_ip, layer.to_v_ip))
         out.append(LayerKV(k, v))
     return out
@@ -68,6 +74,9 @@ def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
+HINT_BUDGET_BYTES = 512 * 2**20  # keypoint features kept across jobs, all models together
+
+
 class ConditioningStore:
     """Face tokens, per-layer face K/V, the IdentityNet's projected face context and keypoint hints, kept across jobs.
 
@@ -76,12 +85,16 @@ class ConditioningStore:
     with it (weak keys: a model dropped from the model cache takes its entries along); each key names everything else
     the value depends on: the inputs' content (the embedding's and keypoints' bytes, the size, the rows' kinds), the
     tokens object it was derived from (kept alive by the entry, so its id cannot be reused), and the model's and the
-    outputs' device and dtype. At most `per_model` entries per model, least recently used dropped first.
+    outputs' device and dtype. At most `per_model` entries per model and, for the keypoint features (megabytes each
+    at hires sizes), at most `hint_bytes` in all; least recently used dropped first.
     """
 
-    def __init__(self, per_model: int = 8) -> None:
-        self.per_model = per_model
+    def __init__(self, per_model: int = 8, hint_bytes: int = HINT_BUDGET_BYTES) -> None:
+        self.per_model, self.hint_bytes = per_model, hint_bytes
         self._entries: "weakref.WeakKeyDictionary[nn.Module, OrderedDict[Hashable, object]]" = weakref.WeakKeyDictionary()
+        self._hints: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self._model_ids: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+        self._ids = itertools.count()
         self._lock = threading.Lock()
 
     def _get(self, model: nn.Module, key: Hashable, compute: Callable[[], T]) -> T:
@@ -119,41 +132,69 @@ class ConditioningStore:
              compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """`compute` draws and embeds the keypoint image of `keypoints` at `size`."""
         points = np.ascontiguousarray(keypoints, dtype=np.float64)
-        return self._get(identitynet, ("hint", tuple(size), points.tobytes()), compute)
+        with self._lock:
+            model_id = self._model_ids.setdefault(identitynet, next(self._ids))
+        key = (model_id, _placement(identitynet), tuple(size), points.tobytes())
+        with self._lock:
+            if key in self._hints:
+                self._hints.move_to_end(key)
+                return self._hints[key]
+        value = compute()
+        with self._lock:
+            self._hints[key] = value
+            while len(self._hints) > 1 and sum(_nbytes(v) for v in self._hints.values()) > self.hint_bytes:
+                self._hints.popitem(last=False)
+        return value
+
+    @property
+    def hint_bytes_held(self) -> int:
+        with self._lock:
+            return sum(_nbytes(v) for v in self._hints.values())
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._hints.clear()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 class HintFeatures:
-    """The IdentityNet's embedding of the keypoint image, drawn natively at each requested size and cached.
+    """The IdentityNet's embedding of each image's keypoint image, drawn natively at each requested size and cached.
 
-    The embedding depends only on the image, so it is computed once per size instead of at every step, and with a
-    `store` once per keypoints and size across jobs.
-    `keypoints_for(width, height)` gives the 5 keypoints in the pixels of a generation of that size.
+    The embedding depends only on the image, so it is computed once per image and size instead of at every step,
+    and with a `store` once per keypoints and size across jobs.
+    `keypoints_for(width, height, image)` gives the 5 keypoints of the image-th image of the batch in the pixels
+    of a generation of that size.
     """
 
-    def __init__(self, identitynet: IdentityNet, keypoints_for: Callable[[int, int], np.ndarray],
+    def __init__(self, identitynet: IdentityNet, keypoints_for: Callable[[int, int, int], np.ndarray],
                  store: ConditioningStore | None = None) -> None:
         self.identitynet = identitynet
         self.keypoints_for = keypoints_for
         self.store = store
-        self._by_size: dict[tuple[int, int], torch.Tensor] = {}
+        self._cached: dict[tuple[int, int, int, tuple[torch.device, torch.dtype]], torch.Tensor] = {}
 
     @torch.no_grad()
-    def get(self, width: int, height: int) -> torch.Tensor:
-        if (width, height) not in self._by_size:
-            if self.store is None:
-                features = self.identitynet.embed_hint(self.image(width, height))
-            else:
-                features = self.store.hint(self.identitynet, self.keypoints_for(width, height), (width, height),
-                                           lambda: self.identitynet.embed_hint(self.image(width, height)))
-            self._by_size[(width, height)] = features
-        return self._by_size[(width, height)]
+    def get(self, width: int, height: int, image: int = 0) -> torch.Tensor:
+        """[1, C, h, w] on the IdentityNet's device."""
+        key = (width, height, image, _placement(self.identitynet))
+        if key not in self._cached:
+            def embed():
+                return self.identitynet.embed_hint(self.image(width, height, image))
 
-    def image(self, width: int, height: int) -> torch.Tensor:
+            if self.store is None:
+                features = embed()
+            else:
+                features = self.store.hint(self.identitynet, self.keypoints_for(width, height, image),
+                                           (width, height), embed)
+            self._cached[key] = features
+        return self._cached[key]
+
+    def image(self, width: int, height: int, image: int = 0) -> torch.Tensor:
         """The keypoint image as the IdentityNet takes it: [1, 3, H, W], RGB in [0, 1]."""
-        drawn = draw_keypoints(self.keypoints_for(width, height), (width, height))
+        drawn = draw_keypoints(self.keypoints_for(width, height, image), (width, height))
         p = next(self.identitynet.parameters())
         return (torch.from_numpy(drawn).permute(2, 0, 1)[None].float() / 255.0).to(p.device, p.dtype)

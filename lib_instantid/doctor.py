@@ -278,7 +278,7 @@ def check_antelopev2(webui: Path) -> tuple[Finding, Path | None]:
         from . import face
     except ImportError as error:
         return Finding(PROBLEM, "antelopev2 face models", f"not checked: {error} (see the package lines above)"), None
-    roots = face.webui_antelopev2_roots(webui / "models", webui)
+    roots = face.webui_antelopev2_roots(webui / "models", webui / "extensions")
     try:
         pack = face.find_antelopev2(*roots)
     except InstantIDError:

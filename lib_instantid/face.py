@@ -3,7 +3,9 @@ face choice, and a cache by image content."""
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
+import threading
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,13 +51,15 @@ def _missing_files(folder: Path) -> list[str]:
     return [name for name in ANTELOPEV2_FILES if not (folder / name).is_file()]
 
 
-def webui_antelopev2_roots(models_root: Path, webui_root: Path) -> list[Path]:
+def webui_antelopev2_roots(models_root: Path, extensions_dir: Path,
+                           annotator_roots: Sequence[Path] = ()) -> list[Path]:
     """Where a WebUI may hold the antelopev2 pack, in search order: insightface's own layout under the models folder,
-    our model folder, and the copy sd-webui-controlnet downloads. Here, not in the host glue, so that the doctor
-    (which cannot import the WebUI's `modules`) searches the same places."""
-    controlnet_downloads = webui_root / "extensions" / "sd-webui-controlnet" / "annotator" / "downloads"
+    our model folder, and the copies sd-webui-controlnet downloads (into its folder among the extensions, whatever
+    that folder is named, or where its setting moved its downloads: `annotator_roots`). Here, not in the host glue,
+    so that the doctor (which cannot import the WebUI's `modules`) searches the same places."""
+    downloads = [Path(folder) for folder in sorted(glob.glob(str(extensions_dir / "*" / "annotator" / "downloads")))]
     return [models_root / "insightface" / "models", models_root / "insightface", models_root / "instantid",
-            controlnet_downloads / "insightface" / "models"]
+            *(root / "insightface" / "models" for root in (*annotator_roots, *downloads))]
 
 
 def find_antelopev2(*models_roots: Path) -> Path:
@@ -169,9 +173,15 @@ class FaceAnalyzer:
         self._detector.prepare(0, input_size=(DET_SIZES[0], DET_SIZES[0]), det_thresh=DET_THRESHOLD)
         self._cache: OrderedDict[bytes, list[DetectedFace]] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def detect(self, image: ImageInput) -> list[DetectedFace]:
-        """All faces, largest box first; [] when none."""
+        """All faces, largest box first; [] when none. One analysis at a time: the Preview button and the detect
+        route may run while a job analyses its photos, and they share the cache."""
+        with self._lock:
+            return self._detect(image)
+
+    def _detect(self, image: ImageInput) -> list[DetectedFace]:
         key = _file_key(image)
         faces = None if key is None else self._cache.get(key)
         if faces is None:

@@ -6,6 +6,7 @@ import binascii
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,24 @@ from .errors import InstantIDError
 
 MAX_PIXELS = 100_000_000  # a decoded image beyond this is refused instead of filling memory
 SOURCE_DIGEST = "instantid_source_digest"  # image.info key: digest of the file bytes the image was decoded from
+
+
+class PhotoFile(str):
+    """A photo uploaded in the panel, as its file path. A str: copies of the job's arguments (some extensions
+    deep-copy them; gradio's temporary-file objects cannot be) and gradio's own File output take it."""
+
+
+def uploaded_photos(preprocess: Callable[[object], object]) -> Callable[[object], list[PhotoFile] | None]:
+    """Wraps a gradio File component's `preprocess` so that the script receives `PhotoFile`s (gradio 3 hands it
+    temporary-file objects, gradio 4 path strings)."""
+
+    def as_photo_files(value: object) -> list[PhotoFile] | None:
+        files = preprocess(value)
+        if files is None:
+            return None
+        return [PhotoFile(getattr(f, "name", f)) for f in (files if isinstance(files, list) else [files])]
+
+    return as_photo_files
 
 
 def decode_image(value: object, field: str) -> Image.Image:
@@ -27,15 +46,25 @@ def decode_image(value: object, field: str) -> Image.Image:
         return ImageOps.exif_transpose(value)
     if isinstance(value, np.ndarray):
         return _from_array(value, field)
+    if isinstance(value, PhotoFile):
+        return _open(_read_upload(value, field), field)
     if isinstance(value, str):
         return _from_base64(value, field)
     if isinstance(value, bytes):
         return _open(value, field)
     if _is_upload(value):
-        return _open(Path(value.name).read_bytes(), field)
+        return _open(_read_upload(value.name, field), field)
     raise InstantIDError(
         f"{field}: expected an image as a base64 string, got {type(value).__name__}.", field=field
     )
+
+
+def _read_upload(path: str, field: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InstantIDError(f"{field}: the uploaded photo {Path(path).name} cannot be read any more ({e.strerror}); "
+                             "upload it again.", field=field) from e
 
 
 def _is_upload(value: object) -> bool:

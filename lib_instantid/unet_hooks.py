@@ -12,8 +12,10 @@ running. Per UNet call:
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -43,16 +45,25 @@ class Schedule:
     end: float = 1.0
 
     def active(self, step: int, total_steps: int) -> bool:
-        return self.weight != 0 and self.start <= step / total_steps and (step + 1) / total_steps <= self.end
+        """Whether the path acts in the step-th of `total_steps` model calls. Some samplers call the model more often
+        than their nominal steps (DPM adaptive; PLMS, UniPC, DDIM at some step counts): their late calls count as
+        the end of sampling, so a window ending at 1 lasts until sampling ends."""
+        begun, done = min(step / total_steps, 1.0), min((step + 1) / total_steps, 1.0)
+        return self.weight != 0 and self.start <= begun and done <= self.end
+
+
+OFF = 2  # a row kind beside conditioning.UNCOND/COND: a row InstantID leaves untouched (an image it does not serve)
 
 
 @dataclass(frozen=True)
 class CallInfo:
-    """What the caller knows about one UNet call: each row's kind (conditioning.UNCOND/COND) and the step."""
+    """What the caller knows about one UNet call: each row's kind (conditioning.UNCOND/COND, or OFF), the image of
+    the batch each row belongs to (for per-image keypoints; None: one pose for all), and the step."""
 
     row_kinds: tuple[int, ...]  # one per row of the call
     step: int
     total_steps: int
+    row_images: tuple[int, ...] | None = None
 
 
 CallInfoSource = Callable[[torch.Tensor, torch.Tensor], CallInfo]  # (x, context) of a UNet call -> CallInfo
@@ -104,22 +115,35 @@ MAX_ROW_LAYOUTS = 8  # row layouts remembered per session (a job sees 1-3: batch
 
 
 class _Rows:
-    """What one row layout (the kind of each row of a UNet call) determines within a session: the face K/V of each
-    layer for those rows and the IdentityNet's projected face context. Both are pure functions of the layout and the
-    session's fixed tokens and weights, so a later call with the same layout reuses them instead of selecting rows
-    and projecting again in every layer of every step. The layout itself is still read in every call."""
+    """What one row layout (the kind and image of each row of a UNet call) determines within a session: the face K/V
+    of each layer for those rows, the IdentityNet's projected face context and its keypoint features. All are pure
+    functions of the layout and the session's fixed tokens, weights and keypoints, so a later call with the same
+    layout reuses them instead of selecting rows and projecting again in every layer of every step. The layout itself
+    is still read in every call."""
 
-    def __init__(self, kinds: tuple[int, ...], device: torch.device) -> None:
-        self.kinds = kinds
+    def __init__(self, kinds: tuple[int, ...], images: tuple[int, ...] | None, device: torch.device) -> None:
+        self.kinds, self.images = kinds, images
         self.row_kind = torch.tensor(kinds, dtype=torch.long, device=device)
+        # Rows the IdentityNet runs on (all but OFF rows), and their kinds.
+        self.served = [i for i, kind in enumerate(kinds) if kind != OFF]
+        self.served_index = torch.tensor(self.served, dtype=torch.long, device=device)
+        self.served_kinds = tuple(kinds[i] for i in self.served)
         self.face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.identitynet_context: ProjectedContext | None = None
+        self.hints: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def all_served(self) -> bool:
+        return len(self.served) == len(self.kinds)
 
     def select(self, both: torch.Tensor) -> torch.Tensor:
-        """Rows of a [2, ...] UNCOND/COND tensor for this layout; a broadcast view when all rows are one kind."""
-        if len(set(self.kinds)) == 1:
+        """Rows of a [2, ...] UNCOND/COND tensor for this layout (zeros for OFF rows); a broadcast view when all rows
+        are one kind."""
+        if len(set(self.kinds)) == 1 and self.kinds[0] != OFF:
             kind = self.kinds[0]
             return both[kind:kind + 1].expand(len(self.kinds), *both.shape[1:])
+        if not self.all_served:
+            both = torch.cat([both, both.new_zeros(1, *both.shape[1:])])
         return both.index_select(0, self.row_kind)
 
 
@@ -182,32 +206,44 @@ class InstantIDHooks:
         identitynet_schedule: Schedule = Schedule(0.0),
         hint: HintFeatures | None = None,
         store: ConditioningStore | None = None,
+        identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
     ) -> None:
         """`store` keeps the face K/V and the IdentityNet's projected face context for later sessions (jobs) with
-        the same tokens and models; without one they are computed for this session only."""
+        the same tokens and models; without one they are computed for this session only. Each IdentityNet run
+        happens inside `identitynet_scope()`: the host's way to have it on the right device then."""
         self.layers = cross_attention_layers(unet)
         check_compatible(unet_architecture(unet), adapter, identitynet)
         self.unet, self.tokens, self.call_info = unet, tokens, call_info
         self.adapter_schedule = adapter_schedule if adapter is not None else Schedule(0.0)
         self.identitynet, self.identitynet_schedule = identitynet, identitynet_schedule
-        self.hint, self.store = hint, store
+        self.hint, self.store, self.identitynet_scope = hint, store, identitynet_scope
         self.face_kv = []
         if adapter is not None:
             heads = [a.heads for a in self.layers]
             self.face_kv = store.face_kv(adapter, tokens, heads) if store else face_kv(adapter, tokens, heads)
         self.call: _CallState | None = None
         self._handles: list[RemovableHandle] = []
-        self._rows: dict[tuple[int, ...], _Rows] = {}
+        self._rows: dict[tuple, _Rows] = {}
 
     @property
     def attached(self) -> bool:
         return bool(self._handles)
 
     def attach(self) -> "InstantIDHooks":
+        """Registers every hook, or none: a failure half way removes those already registered."""
         if self.attached:
             return self
         if self.unet in _ATTACHED:
             raise RuntimeError("InstantID is already attached to this UNet; detach the other session first.")
+        try:
+            self._register()
+        except BaseException:
+            self.detach()
+            raise
+        _ATTACHED.add(self.unet)
+        return self
+
+    def _register(self) -> None:
         hook = self._handles.append
         hook(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
         hook(self.unet.register_forward_hook(self._after_unet, always_call=True))
@@ -220,12 +256,8 @@ class InstantIDHooks:
             face = _FaceAttention(self, attn, index)
             hook(attn.to_q.register_forward_hook(face.keep_query))
             hook(attn.to_out[0].register_forward_pre_hook(face.add_face))
-        _ATTACHED.add(self.unet)
-        return self
 
     def detach(self) -> None:
-        if not self.attached:
-            return
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -246,21 +278,24 @@ class InstantIDHooks:
                 f"InstantID: the UNet was called with {x.shape[0]} rows but the sampler described "
                 f"{len(info.row_kinds)}; cannot tell cond from uncond rows."
             )
-        rows = self._rows_of(tuple(info.row_kinds))
+        rows = self._rows_of(tuple(info.row_kinds), info.row_images)
         face_kv = None
-        if self.adapter_schedule.active(info.step, info.total_steps):
+        if rows.served and self.adapter_schedule.active(info.step, info.total_steps):
             face_kv = self._face_kv_of(rows)
         residuals, mid = None, None
-        if self.identitynet is not None and self.identitynet_schedule.active(info.step, info.total_steps):
-            residuals, mid = self._run_identitynet(x, timesteps, rows, y)
+        if rows.served and self.identitynet is not None and self.identitynet_schedule.active(info.step,
+                                                                                            info.total_steps):
+            with self.identitynet_scope():
+                residuals, mid = self._run_identitynet(x, timesteps, rows, y)
         self.call = _CallState(rows, face_kv, residuals, mid, self.identitynet_schedule.weight)
 
-    def _rows_of(self, kinds: tuple[int, ...]) -> _Rows:
-        rows = self._rows.get(kinds)
+    def _rows_of(self, kinds: tuple[int, ...], images: tuple[int, ...] | None) -> _Rows:
+        key = (kinds, images)
+        rows = self._rows.get(key)
         if rows is None:
             if len(self._rows) >= MAX_ROW_LAYOUTS:
                 self._rows.pop(next(iter(self._rows)))
-            rows = self._rows[kinds] = _Rows(kinds, self.tokens.both.device)
+            rows = self._rows[key] = _Rows(kinds, images, self.tokens.both.device)
         return rows
 
     def _face_kv_of(self, rows: _Rows) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -276,19 +311,39 @@ class InstantIDHooks:
     def _run_identitynet(
         self, x: torch.Tensor, timesteps: torch.Tensor, rows: _Rows, y: torch.Tensor | None
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residuals for every row of the call (zero for OFF rows); the IdentityNet runs on the served rows."""
         net = self.identitynet
         dtype = next(net.parameters()).dtype
-        hint = self.hint.get(x.shape[-1] * LATENT_SCALE, x.shape[-2] * LATENT_SCALE)
+        hint = self._hint_of(rows, x.shape[-1] * LATENT_SCALE, x.shape[-2] * LATENT_SCALE)
         # Inpainting UNets take extra input channels (mask, masked image); the IdentityNet sees the latent only.
         latent = x[:, : net.config.in_channels].to(dtype)
+        if y is not None:
+            y = y.to(dtype)
+        if not rows.all_served:
+            latent, timesteps = latent[rows.served_index], timesteps[rows.served_index]
+            y = None if y is None else y[rows.served_index]
         if rows.identitynet_context is None:  # the face tokens of these rows, projected by every attn2 once
             def project():
-                return net.project_context(self.tokens.for_rows(rows.row_kind).to(dtype))
+                return net.project_context(self.tokens.for_rows(rows.served_index.new_tensor(rows.served_kinds))
+                                           .to(dtype))
 
-            rows.identitynet_context = (project() if self.store is None
-                                        else self.store.projected_context(net, self.tokens, rows.kinds, project))
+            rows.identitynet_context = (project() if self.store is None else self.store.projected_context(
+                net, self.tokens, rows.served_kinds, project))
         # Unscaled: the weight is applied where the residuals are added (torch.add's alpha, no extra pass).
-        return net(latent, timesteps, rows.identitynet_context, hint, None if y is None else y.to(dtype))
+        down, mid = net(latent, timesteps, rows.identitynet_context, hint, y)
+        if rows.all_served:
+            return down, mid
+        return [_scattered(r, rows, len(rows.kinds)) for r in down], _scattered(mid, rows, len(rows.kinds))
+
+    def _hint_of(self, rows: _Rows, width: int, height: int) -> torch.Tensor:
+        """The keypoint features of the served rows' images at this size: [1, ...] when they share one image."""
+        hint = rows.hints.get((width, height))
+        if hint is None:
+            images = (0,) if rows.images is None else tuple(rows.images[i] for i in rows.served)
+            features = {image: self.hint.get(width, height, image) for image in dict.fromkeys(images)}
+            hint = next(iter(features.values())) if len(features) == 1 else torch.cat([features[i] for i in images])
+            rows.hints[(width, height)] = hint
+        return hint
 
     def _skip_adder(self, index: int) -> Callable:
         def add_to_skip(module: nn.Module, args: tuple) -> tuple | None:
@@ -296,8 +351,8 @@ class InstantIDHooks:
             if state is None or state.residuals is None:
                 return None
             h = args[0]
-            residual = state.residuals[index]
-            skip = torch.add(h[:, -residual.shape[1]:], residual.to(h.dtype), alpha=state.identitynet_weight)
+            residual = _fitted(state.residuals[index], h)
+            skip = torch.add(h[:, -residual.shape[1]:], residual, alpha=state.identitynet_weight)
             return (torch.cat([h[:, : -residual.shape[1]], skip], dim=1),) + args[1:]
 
         return add_to_skip
@@ -306,7 +361,22 @@ class InstantIDHooks:
         state = self.call
         if state is None or state.mid is None:
             return None
-        return torch.add(output, state.mid.to(output.dtype), alpha=state.identitynet_weight)
+        return torch.add(output, _fitted(state.mid, output), alpha=state.identitynet_weight)
+
+
+def _scattered(values: torch.Tensor, rows: _Rows, total: int) -> torch.Tensor:
+    """Values of the served rows placed among zeros for all `total` rows of the call."""
+    out = values.new_zeros(total, *values.shape[1:])
+    return out.index_copy_(0, rows.served_index, values)
+
+
+def _fitted(residual: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A residual in the target's dtype and spatial size: extensions that rescale feature maps inside the UNet
+    (Kohya's Hires.fix / Deep Shrink) make them differ; resized by nearest neighbour, as sd-webui-controlnet does."""
+    residual = residual.to(target.dtype)
+    if residual.shape[-2:] != target.shape[-2:]:
+        residual = F.interpolate(residual, size=target.shape[-2:], mode="nearest")
+    return residual
 
 
 def _unet_inputs(args: tuple, kwargs: dict) -> tuple:

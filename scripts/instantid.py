@@ -11,6 +11,10 @@ from modules.ui_components import InputAccordion, ToolButton
 
 from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, specs
 from lib_instantid.hosts import a1111, a1111_api, a1111_xyz
+from lib_instantid.images import uploaded_photos
+from lib_instantid.models import catalog
+
+MODEL_KINDS = {"identitynet_model": catalog.IDENTITYNET, "adapter_model": catalog.ADAPTER}
 
 
 def register(on_event, callback, name: str) -> None:
@@ -20,11 +24,27 @@ def register(on_event, callback, name: str) -> None:
         on_event(callback)
 
 
-TRACKER = a1111.RowTracker()
-register(script_callbacks.on_cfg_denoiser, TRACKER.on_cfg_denoiser, "instantid_rows")
+def paste_label(name: str) -> str:
+    """The name a setting goes by when the WebUI carries it (Send to img2img, pasted infotext): "InstantID <key>"."""
+    spec = dict((n, s) for n, s, _ in specs())[name]
+    return f"{INFOTEXT_KEY} {spec.infotext or spec.label}"
+
+
+def expand_infotext(infotext: str, params: dict) -> None:
+    """Registered for `on_infotext_pasted`: the settings recorded in the InstantID entry as their own keys, which the
+    panel's fields read. Never the switch: pasted settings do not turn InstantID on (the photos are not in them)."""
+    for name, value in InstantIDArgs.values_from_infotext(params).items():
+        if name == "enabled" or value is None:
+            continue
+        params[paste_label(name)] = a1111.choice_for(MODEL_KINDS[name], value) if name in MODEL_KINDS else value
+
+
+register(script_callbacks.on_cfg_denoiser, a1111.on_cfg_denoiser, "instantid_rows")
+register(script_callbacks.on_model_loaded, a1111.on_model_loaded, "instantid_release")
+register(script_callbacks.on_infotext_pasted, expand_infotext, "instantid_paste")
 register(script_callbacks.on_app_started, a1111_api.add_routes, "instantid_api")
 register(script_callbacks.on_before_ui, a1111_xyz.add_axes, "instantid_xyz")
-register(script_callbacks.on_script_unloaded, a1111.release_models, "instantid_unload")
+register(script_callbacks.on_script_unloaded, a1111.release_all, "instantid_unload")
 
 
 class InstantIDScript(scripts.Script):
@@ -38,10 +58,9 @@ class InstantIDScript(scripts.Script):
         spec = {name: (s, default) for name, s, default in specs()}
         with InputAccordion(False, label="InstantID", elem_id=self.elem_id("enabled")) as enabled:
             with gr.Row():
-                # Uploads arrive as temporary files: the WebUI logs a failed job's arguments, and file objects
-                # print as their names where bytes would fill the log.
                 face = gr.File(label=spec["face_image"][0].label, file_count="multiple", file_types=["image"],
                                elem_id=self.elem_id("face_image"))
+                face.preprocess = uploaded_photos(face.preprocess)
                 pose = gr.Image(label=spec["pose_image"][0].label, type="pil", elem_id=self.elem_id("pose_image"))
             with gr.Row():
                 preview_button = gr.Button("Preview detected face", elem_id=self.elem_id("preview"))
@@ -49,21 +68,23 @@ class InstantIDScript(scripts.Script):
                                  elem_id=self.elem_id("preview_gallery"))
             message = gr.Markdown()
             with gr.Row():
-                identitynet = self._model_dropdown("identitynet_model", spec, a1111.model_choices("identitynet"))
-                adapter = self._model_dropdown("adapter_model", spec, a1111.model_choices("adapter"))
+                identitynet = self._model_dropdown("identitynet_model", spec)
+                adapter = self._model_dropdown("adapter_model", spec)
                 refresh = ToolButton("\U0001f504", elem_id=self.elem_id("refresh"))
             sliders = {name: self._number(name, spec) for name in (
                 "identitynet_weight", "adapter_weight", "identitynet_start", "identitynet_end",
                 "adapter_start", "adapter_end", "face_index")}
             gr.HTML(self._hints(spec))
-        refresh.click(a1111.refreshed_choices, outputs=[identitynet, adapter])
+        for event in (refresh.click, identitynet.focus, adapter.focus):
+            event(a1111.refreshed_choices, outputs=[identitynet, adapter])
         index = sliders["face_index"]
         preview_button.click(a1111.preview, inputs=[face, pose, index], outputs=[preview, message])
         components = {"enabled": enabled, "face_image": face, "pose_image": pose, "identitynet_model": identitynet,
                       "adapter_model": adapter, **sliders}
-        self.infotext_fields = [(enabled, lambda params: INFOTEXT_KEY in params)] + [
-            (components[name], _pasted(name)) for name in components if spec[name][0].infotext]
-        self.paste_field_names = [INFOTEXT_KEY]
+        # Every setting goes by a name of its own, which Send to img2img/inpaint matches and pasted infotext
+        # (expanded by `expand_infotext`) fills.
+        self.infotext_fields = [(components[name], paste_label(name)) for name in spec]
+        self.paste_field_names = [paste_label(name) for name in spec]
         return [components[name] for name in spec]
 
     def _hints(self, spec: dict) -> str:
@@ -73,9 +94,10 @@ class InstantIDScript(scripts.Script):
         hints[self.elem_id("refresh")] = "Look for newly installed models."
         return f"<div hidden data-instantid-hints='{html.escape(json.dumps(hints), quote=True)}'></div>"
 
-    def _model_dropdown(self, name: str, spec: dict, choices: list[str]) -> gr.Dropdown:
+    def _model_dropdown(self, name: str, spec: dict) -> gr.Dropdown:
         s, _ = spec[name]
-        return gr.Dropdown(label=s.label, choices=choices, value=AUTOMATIC, elem_id=self.elem_id(name))
+        return gr.Dropdown(label=s.label, choices=a1111.model_choices(MODEL_KINDS[name]), value=AUTOMATIC,
+                           elem_id=self.elem_id(name))
 
     def _number(self, name: str, spec: dict):
         s, default = spec[name]
@@ -85,11 +107,4 @@ class InstantIDScript(scripts.Script):
         return gr.Slider(s.minimum, s.maximum, value=default, step=0.05, label=s.label, elem_id=self.elem_id(name))
 
     def process(self, p, *args) -> None:
-        a1111.start_job(p, args, TRACKER)
-
-
-def _pasted(name: str):
-    def value(params: dict):
-        return InstantIDArgs.values_from_infotext(params).get(name, gr.update())
-
-    return value
+        a1111.start_job(p, args)

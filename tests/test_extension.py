@@ -232,7 +232,9 @@ def test_api_named_dict_and_positional_args_give_the_same_image(ui):
     listed = api_job(client, positional(enabled=True, face_image=[b64(photo())], adapter_weight=0.7))
     assert listed.status_code == 200
     assert np.array_equal(decode(named), decode(listed))
-    panel = generate(ui, instantid=positional(enabled=True, face_image=[FACE], adapter_weight=0.7))
+    # the API's default sampler is Euler, the panel's DPM++ 2M
+    panel = generate(ui, instantid=positional(enabled=True, face_image=[FACE], adapter_weight=0.7),
+                     sampler_name="Euler")
     assert np.array_equal(decode(named), pixels(panel))
     info = named.json()["info"]
     assert "Adapter weight: 0.7" in info
@@ -267,7 +269,8 @@ def test_api_models_route_lists_installed_models_and_face_models(ui):
     names = {(m["name"], m["kind"], m["context_dim"]) for m in body["models"]}
     assert ("instantid/ip-adapter.bin", "adapter", tm.CONTEXT_DIM["sdxl"]) in names
     assert ("ControlNet/control_instant_id_sd15.safetensors", "identitynet", 768) in names
-    assert body["antelopev2"]["path"].endswith("antelopev2") and body["antelopev2"]["error"] is None
+    assert body["antelopev2"] == {"found": True, "folder": "<models>/insightface/models/antelopev2",
+                                  "providers": ["CPUExecutionProvider"], "error": None}
 
 
 def test_api_detect_route(ui):
@@ -336,9 +339,18 @@ def test_infotext_pastes_back_into_the_panel(ui):
     updates = infotext_utils.paste(infotext, script.infotext_fields)
     pasted = {id(component): update.get("value") for (component, _), update in zip(script.infotext_fields, updates)}
     by_name = dict(zip([f.name for f in fields(InstantIDArgs)], script.controls))
-    expected = {**settings, "enabled": True, "adapter_model": "instantid/ip-adapter.bin",
-                "identitynet_model": "instantid/ControlNetModel"}
-    assert {name: pasted[id(by_name[name])] for name in expected} == pytest.approx(expected)
+    values = {name: pasted[id(component)] for name, component in by_name.items()}
+    assert {name: values[name] for name in settings} == pytest.approx(settings)
+    # the dropdowns get their own entries for the recorded models, with the family they show
+    assert values["adapter_model"] == "instantid/ip-adapter.bin — a model with context width 64"
+    assert values["adapter_model"] in script.controls[by_name_index("adapter_model")].choices
+    assert values["identitynet_model"].startswith("instantid/ControlNetModel — ")
+    # the switch and the photos are not in the infotext: pasting never turns InstantID on
+    assert values["enabled"] is None and values["face_image"] is None and values["pose_image"] is None
+
+
+def by_name_index(name: str) -> int:
+    return [f.name for f in fields(InstantIDArgs)].index(name)
 
 
 def test_xyz_axes_override_the_weights(ui):

@@ -257,6 +257,47 @@ def test_the_same_file_bytes_skip_conversion_and_hashing_of_pixels(analyzer, ses
     assert np.array_equal(again[0].keypoints, first[0].keypoints)
 
 
+def test_concurrent_analyses_share_the_cache_safely(antelopev2_root, monkeypatch):
+    """The Preview button and /instantid/detect run in other threads while a job analyses its photos: analyses
+    take turns (the cache and insightface's models are shared), and every caller gets its own photo's faces."""
+    import threading
+    import time
+
+    analyzer = FaceAnalyzer(antelopev2_root / "antelopev2", providers=CPU, cache_size=2)
+    images = [paint_marker(photo("astronaut"), (120 + 40 * i, 256), 24 + 4 * i, "cyan") for i in range(4)]
+    expected = [analyzer.detect(image)[0].box for image in images]
+    inside, most_inside, errors, results = [0], [0], [], {}
+    original = FaceAnalyzer._analyse
+
+    def slow_analyse(self, *args):
+        inside[0] += 1
+        most_inside[0] = max(most_inside[0], inside[0])
+        time.sleep(0.02)  # lets another thread run now, were it allowed in
+        try:
+            return original(self, *args)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(FaceAnalyzer, "_analyse", slow_analyse)
+
+    def work(worker: int) -> None:
+        try:
+            for round_ in range(3):
+                i = (worker + round_) % len(images)
+                results.setdefault(i, []).append(analyzer.detect(images[i])[0].box)
+        except Exception as error:  # collected for the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert most_inside[0] == 1
+    assert all(np.array_equal(box, expected[i]) for i, boxes in results.items() for box in boxes)
+
+
 def test_cache_is_bounded_least_recently_used_first(antelopev2_root, session_runs):
     small_cache = FaceAnalyzer(antelopev2_root / "antelopev2", providers=CPU, cache_size=2)
     images = [paint_marker(photo("astronaut"), (256, 256), side, "cyan") for side in (20, 24, 28)]

@@ -12,7 +12,7 @@ from lib_instantid import conditioning
 from lib_instantid.conditioning import COND, UNCOND, FaceTokens, HintFeatures, project_face
 from lib_instantid.keypoints import draw_keypoints
 from lib_instantid.models.loading import load_adapter, load_identitynet
-from lib_instantid.unet_hooks import CallInfo, InstantIDHooks, Schedule
+from lib_instantid.unet_hooks import OFF, CallInfo, InstantIDHooks, Schedule
 from tests.fixtures import tiny_models as tm
 
 LATENT = 8
@@ -69,16 +69,17 @@ def case(kind, weight_files) -> Case:
 
 
 def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, rows=ROWS, embedding=None,
-               keypoints=None, identitynet=None, x_slice=slice(None)) -> torch.Tensor:
+               keypoints=None, identitynet=None, x_slice=slice(None), row_images=None) -> torch.Tensor:
+    """`keypoints`: one pose for every row, or with `row_images` a list of poses indexed by image."""
     tokens = project_face(case.adapter, case.embedding if embedding is None else embedding,
                           torch.device("cpu"), torch.float32)
     kps = case.keypoints if keypoints is None else keypoints
     net = case.identitynet if identitynet is None else identitynet
     hooks = InstantIDHooks(
-        case.unet, tokens, lambda x, context: CallInfo(tuple(rows), step=0, total_steps=1),
+        case.unet, tokens, lambda x, context: CallInfo(tuple(rows), step=0, total_steps=1, row_images=row_images),
         adapter=case.adapter, adapter_schedule=Schedule(adapter_weight),
         identitynet=net, identitynet_schedule=Schedule(identitynet_weight),
-        hint=HintFeatures(net, lambda w, h: kps),
+        hint=HintFeatures(net, lambda w, h, image: kps if row_images is None else kps[image]),
     )
     y = case.y
     with hooks, torch.no_grad():
@@ -86,8 +87,13 @@ def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, 
                          None if y is None else y[x_slice])
 
 
-def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float) -> torch.Tensor:
-    hint = torch.from_numpy(draw_keypoints(case.keypoints, (SIZE, SIZE))).permute(2, 0, 1)[None].float() / 255
+def keypoint_image(keypoints: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(draw_keypoints(keypoints, (SIZE, SIZE))).permute(2, 0, 1)[None].float() / 255
+
+
+def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float, hint=None) -> torch.Tensor:
+    """`hint`: the keypoint image of every row [B or 1, 3, H, W]; default the case's keypoints."""
+    hint = keypoint_image(case.keypoints) if hint is None else hint
     return tm.reference_eps(
         case.reference, case.x, case.t, case.text, torch.from_numpy(case.embedding),
         [r == COND for r in ROWS], hint, adapter_weight, identitynet_weight, y=case.y_parts,
@@ -117,6 +123,37 @@ def test_rows_split_across_calls_equal_the_batched_call(case):
     mixed = hooked_eps(case, 0.8, 0.8, rows=ROWS[1:3], x_slice=slice(1, 3))
     assert relative_error(torch.cat([cond_only, uncond_only]), batched) <= TOLERANCE
     assert relative_error(mixed, batched[1:3]) <= TOLERANCE
+
+
+def test_each_image_of_the_batch_gets_its_own_keypoints(case):
+    """SD upscale's tiles, or several init images: rows [img0 cond, img1 cond, img0 uncond, img1 uncond]."""
+    poses = [case.keypoints, case.keypoints[:, ::-1] * [1.2, 0.9] + [3.0, -2.0]]
+    hint = torch.cat([keypoint_image(poses[image]) for image in (0, 1, 0, 1)])
+    expected = reference_eps(case, 0.8, 0.8, hint=hint)
+    assert relative_error(hooked_eps(case, 0.8, 0.8, keypoints=poses, row_images=(0, 1, 0, 1)), expected) <= TOLERANCE
+    assert relative_error(hooked_eps(case, 0.8, 0.8, keypoints=poses, row_images=(0, 0, 0, 0)), expected) > 0.01
+
+
+def test_rows_the_job_does_not_serve_are_left_exactly_as_without_it(case):
+    """A tile without a face among tiles with one: its rows get neither the face nor the IdentityNet."""
+    with torch.no_grad():
+        plain = case.unet(case.x, case.t, case.text, case.y)
+    served = reference_eps(case, 0.8, 0.8)
+    hooked = hooked_eps(case, 0.8, 0.8, rows=(COND, OFF, UNCOND, OFF))
+    assert torch.equal(hooked[[1, 3]], plain[[1, 3]])
+    assert relative_error(hooked[[0, 2]], served[[0, 2]]) <= TOLERANCE
+    assert torch.equal(hooked_eps(case, 0.8, 0.8, rows=(OFF,) * 4), plain)
+
+
+def test_windows_hold_when_a_sampler_calls_the_model_more_often_than_its_steps():
+    """DPM adaptive (and PLMS/UniPC/DDIM at some step counts) call the model beyond their nominal steps."""
+    whole, first_half, second_half = Schedule(0.8), Schedule(0.8, 0.0, 0.5), Schedule(0.8, 0.5, 1.0)
+    calls = range(25)  # 25 calls for 10 nominal steps
+    assert all(whole.active(step, 10) for step in calls)
+    assert [first_half.active(step, 10) for step in calls] == [step < 5 for step in calls]
+    assert [second_half.active(step, 10) for step in calls] == [step >= 5 for step in calls]
+    heun = [Schedule(0.8, 0.0, 0.5).active(step, 20) for step in range(19)]  # second order: 2N-1 calls of 2N
+    assert heun == [step < 10 for step in range(19)]
 
 
 def test_deliberate_bugs_fail_the_parity_check(case, monkeypatch):
@@ -151,7 +188,7 @@ def test_zero_weight_or_outside_the_window_costs_nothing(case, monkeypatch):
         hooks = InstantIDHooks(
             case.unet, tokens, lambda x, c: CallInfo(ROWS, step=step, total_steps=10),
             identitynet=case.identitynet, identitynet_schedule=Schedule(0.8, start=0.2, end=0.7),
-            hint=HintFeatures(case.identitynet, lambda w, h: case.keypoints),
+            hint=HintFeatures(case.identitynet, lambda w, h, image: case.keypoints),
         )
         calls.clear()
         with hooks, torch.no_grad():
@@ -190,6 +227,22 @@ def test_attach_is_idempotent_and_a_second_session_is_refused(case):
         with pytest.raises(RuntimeError, match="already attached"):
             session().attach()
     session().attach().detach()  # free again after the first detached
+
+
+def test_a_failure_while_attaching_leaves_no_hook_behind(case, monkeypatch):
+    tokens = project_face(case.adapter, case.embedding, torch.device("cpu"), torch.float32)
+    hooks = InstantIDHooks(case.unet, tokens, lambda x, c: CallInfo(ROWS, 0, 1), adapter=case.adapter,
+                           adapter_schedule=Schedule(0.8), identitynet=case.identitynet,
+                           identitynet_schedule=Schedule(0.8),
+                           hint=HintFeatures(case.identitynet, lambda w, h, image: case.keypoints))
+    last = hooks.layers[-1].to_out[0]
+    monkeypatch.setattr(last, "register_forward_pre_hook", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MemoryError):
+        hooks.attach()
+    assert not hooks.attached
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in case.unet.modules())
+    monkeypatch.undo()
+    hooks.attach().detach()  # the UNet is free for the next session
 
 
 def test_a_row_count_the_caller_did_not_describe_is_an_error(case):

@@ -118,9 +118,9 @@ class HintSizes:
         self.drawn: list[tuple[tuple[int, int], np.ndarray]] = []
         original = HintFeatures.image
 
-        def image(hint, width, height):
-            self.drawn.append(((width, height), np.array(hint.keypoints_for(width, height))))
-            return original(hint, width, height)
+        def image(hint, width, height, image=0):
+            self.drawn.append(((width, height), np.array(hint.keypoints_for(width, height, image))))
+            return original(hint, width, height, image)
 
         monkeypatch.setattr(HintFeatures, "image", image)
 

@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..args import CHOICE_SEPARATOR
 from ..errors import ModelError
 from .architecture import Architecture, adapter_architecture, identitynet_architecture
 from .loading import SEE_MODELS, IDENTITYNET_WEIGHTS, check_adapter_weights, check_identitynet_weights, read_pickle
@@ -201,6 +202,15 @@ def _named(of_kind: list[ModelEntry], name: str, label: str, field: str) -> Mode
             return entry
     listed = ", ".join(e.name for e in of_kind) or "none installed"
     raise ModelError(f"{field}: no installed {label} is named {name!r}. Installed: {listed}. {SEE_MODELS}", field=field)
+
+
+def choice_label(entry: ModelEntry, unet: Architecture | None) -> str:
+    """A dropdown entry: the name, the family, and whether it fits the loaded checkpoint (when one is loaded)."""
+    if entry.architecture is None:
+        return f"{entry.name}{CHOICE_SEPARATOR}unusable"
+    if unet is None or entry.fits(unet):
+        return f"{entry.name}{CHOICE_SEPARATOR}{entry.family}"
+    return f"{entry.name}{CHOICE_SEPARATOR}{entry.family}, does not fit the loaded {unet.family} checkpoint"
 
 
 def misfit(label: str, made_for: str, unet: Architecture) -> str:

@@ -123,12 +123,12 @@ def _release_mapped(tensor: torch.Tensor) -> None:
         mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
-def place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """`model.to(device, dtype)`, tensor by tensor, giving back each memory-mapped source as soon as its converted copy
-    replaces it: the peak stays near the converted size instead of source + copy."""
+def place(model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> None:
+    """`model.to(device, dtype)` (dtype None: kept), tensor by tensor, giving back each memory-mapped source as soon as
+    its converted copy replaces it: the peak stays near the converted size instead of source + copy."""
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
-        moved = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+        moved = tensor.to(device=device, dtype=dtype if dtype is not None and tensor.is_floating_point() else None)
         if moved.data_ptr() != tensor.data_ptr():
             _release_mapped(tensor)
         return moved
@@ -339,13 +339,14 @@ class ModelCache:
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
-        # key -> (model, the (device, dtype) it was last moved to by get())
+        # key -> (model, the (device, dtype) it was last moved to here)
         self._entries: OrderedDict[tuple, tuple[nn.Module, tuple]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, loader: Callable[[Path], M], device: torch.device, dtype: torch.dtype) -> M:
+    def get(self, path: Path, loader: Callable[[Path], M], device: torch.device, dtype: torch.dtype | None) -> M:
+        """The model of this file on `device` in `dtype` (None: the file's own)."""
         key = (_file_identity(Path(path)), loader.__name__)
-        target = (torch.empty(0, device=device).device, dtype)  # "cuda" resolved to the current device, as .to() does
+        target = (resolved(device), dtype)
         with self._lock:
             model, placed = self._entries.pop(key, (None, None))
             if model is None:
@@ -360,14 +361,28 @@ class ModelCache:
                 self._entries.popitem(last=False)
             return model
 
+    def offload(self, device: torch.device) -> None:
+        """Move every cached model to `device` (the CPU), keeping it loaded: for when InstantID is not in use."""
+        target = resolved(device)
+        with self._lock:
+            for key, (model, (placed, dtype)) in list(self._entries.items()):
+                if placed != target:
+                    place(model, device, dtype)
+                    self._entries[key] = (model, (target, dtype))
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
 
-def _still_placed(model: nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+def resolved(device: torch.device) -> torch.device:
+    """The device tensors report for `device` ("cuda" is the current CUDA device, e.g. cuda:0)."""
+    return torch.empty(0, device=device).device
+
+
+def _still_placed(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
     first = next(model.parameters(), None)
-    return first is None or (first.device == device and first.dtype == dtype)
+    return first is None or (first.device == device and (dtype is None or first.dtype == dtype))
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
