@@ -20,7 +20,8 @@ class Row:
 
 ROWS = (
     Row("No face in the face (or pose) photo",
-        "The job stops with *No face found in the face image* (or *pose image*, *init image*); API: 422.",
+        "The job stops with *No face found in the face image* (or *pose image*, *init image*; in the img2img Batch "
+        "tab: which image); API: 422.",
         "Use a clearer, larger, frontal, well-lit photo, or crop closer. *Preview detected face* or "
         "`python -m lib_instantid.doctor --face photo.jpg` shows what is detected.",
         ("test_reliability::test_no_face_stops_the_job_with_a_message_and_the_next_job_works",)),
@@ -65,6 +66,22 @@ ROWS = (
         ("test_reliability::test_wrong_weights_are_refused_before_sampling",
          "test_loading::test_other_ip_adapters_are_refused_by_kind",
          "test_loading::test_truncated_files_are_refused")),
+    Row("A weights file that cannot be read (cut-off download, an HTML error page saved as `.bin`, a file system "
+        "without memory mapping, an old torch)",
+        "Listed in the dropdown as *unusable*, in `GET /instantid/models` and by the doctor with the reason (e.g. "
+        "`…a zip archive without its directory, as a cut-off download leaves it…`); choosing it gives that reason. "
+        "A readable file is read without memory mapping where mapping fails.",
+        "Download the file again.",
+        ("test_catalog::test_an_unreadable_file_is_listed_with_the_real_reason",
+         "test_catalog::test_a_pickle_that_cannot_be_memory_mapped_is_read_whole",
+         "test_doctor::test_cut_off_damaged_and_wrong_files_are_problems_with_the_reason")),
+    Row("The same model twice (`models/instantid/` and `models/ControlNet/`), or models for several families",
+        "*Automatic* takes the first one that fits the loaded checkpoint's shapes, `models/instantid/` first, and "
+        "the infotext records which. The dropdowns show each model's family and mark those that do not fit.",
+        "Pick another one by name in the dropdown to override.",
+        ("test_catalog::test_the_same_model_twice_is_chosen_deterministically_ours_first",
+         "test_catalog::test_fitting_means_the_unets_shapes_not_only_its_family",
+         "test_panel_and_routes::test_dropdowns_name_each_models_family_and_mark_what_does_not_fit")),
     Row("A `.bin` that carries code",
         "Never executed (weights-only loading); refused as *not a plain weights file*.",
         "Use the official file or a `.safetensors` version.",
@@ -87,6 +104,48 @@ ROWS = (
         ("test_extension::test_an_exception_during_sampling_removes_the_hooks",
          "test_extension::test_an_interrupt_ends_the_job_cleanly", "test_reliability::test_skip_ends_cleanly",
          "test_reliability::test_soak_of_mixed_jobs_leaves_nothing_behind")),
+    Row("img2img Batch tab, Loopback, SD upscale, outpainting scripts",
+        "Every image gets InstantID with the pose of its own init image. SD upscale's (and poor man's "
+        "outpainting's) tiles without a face are left exactly as without InstantID; the infotext counts them.",
+        "—",
+        ("test_repeated_jobs::test_batch_tab_follows_each_image_pose",
+         "test_repeated_jobs::test_loopback_gives_every_loop_instantid_from_its_own_init_image",
+         "test_repeated_jobs::test_sd_upscale_serves_the_tile_with_the_face_and_leaves_the_others")),
+    Row("A refiner or a hires-fix checkpoint",
+        "InstantID follows the swap: on a checkpoint with fitting models it acts there too; otherwise that part "
+        "runs without it and the infotext says `Refiner: without InstantID (no fitting models)`.",
+        "Install InstantID models for the refiner's family, or accept the plain refiner steps.",
+        ("test_samplers_and_swaps::test_a_refiner_of_the_same_architecture_gets_instantid_too",
+         "test_samplers_and_swaps::test_a_refiner_no_model_fits_runs_plain_and_the_infotext_says_so",
+         "test_samplers_and_swaps::test_api_refiner_with_or_without_a_switch_point")),
+    Row("`--medvram`, `--medvram-sdxl`, `--lowvram`",
+        "The IdentityNet is on the GPU only while it computes, never during the VAE or the upscaler; the face "
+        "adapter's weights stay on the CPU (only its per-layer keys/values go to the GPU). A job without InstantID "
+        "sends InstantID's models to the CPU; a new checkpoint releases them.",
+        "—",
+        ("test_memory::test_low_vram_modes_have_the_identitynet_on_the_gpu_only_while_it_computes",
+         "test_memory::test_a_job_without_instantid_sends_its_models_to_the_cpu_and_drops_tokens")),
+    Row("DPM adaptive and samplers with more model calls than steps",
+        "Start/end windows are fractions of the steps; the extra calls count as the end of sampling, so an end of "
+        "1 lasts to the last call.",
+        "—",
+        ("test_samplers_and_swaps::test_with_end_1_the_identity_acts_until_sampling_ends",
+         "test_samplers_and_swaps::test_a_window_ending_half_way_stops_half_way_and_never_comes_back")),
+    Row("Kohya Hires.fix / Deep Shrink or another extension that rescales the UNet's feature maps",
+        "The IdentityNet's residuals are resized to them (nearest neighbour, as sd-webui-controlnet does).",
+        "—",
+        ("test_samplers_and_swaps::test_residuals_follow_feature_maps_that_an_extension_rescales",)),
+    Row("A replacement UNet (Settings → SD Unet, e.g. TensorRT)",
+        "The job stops with *InstantID cannot act through the replacement UNet …*; API: 422.",
+        "Set SD Unet to None for InstantID jobs.",
+        ("test_samplers_and_swaps::test_a_replacement_unet_is_refused_in_the_panel_and_the_api",)),
+    Row("`--api-auth` or `--gradio-auth`",
+        "`/instantid/*` answer 401 without the API credentials (HTTP Basic) or a logged-in panel session; their "
+        "answers name no server path.",
+        "Send the credentials as for `/sdapi/v1/*`.",
+        ("test_panel_and_routes::test_routes_need_the_api_credentials_when_the_webui_has_them",
+         "test_panel_and_routes::test_routes_accept_a_logged_in_panel_when_the_ui_has_a_login",
+         "test_panel_and_routes::test_routes_name_no_server_path")),
     Row("Two jobs back to back with different faces, models or checkpoints (SDXL → SD1.5)",
         "Nothing of the first job reaches the second.",
         "—",

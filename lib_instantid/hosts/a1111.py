@@ -267,7 +267,7 @@ class JobRun:
             self.job = self._prepare_for(unet_of(p))
             unserved = self.poses.served.count(False)
             if unserved:
-                self.notes["Images without a face"] = f"{unserved} of {len(self.poses.served)}, left unchanged"
+                self.notes["Images without a face"] = f"{unserved} of {len(self.poses.served)} (left unchanged)"
             self._write_infotext()
         except Exception as e:  # kept, not swallowed: raised when sampling starts
             self.error = e
@@ -345,8 +345,9 @@ class JobRun:
             job = self._prepare_for(unet)
         except InstantIDError as e:
             self.unet = unet
-            self.notes[part] = f"without InstantID, no models fit it ({unet_architecture(unet).family})"
-            log.warning("InstantID: the %s runs without InstantID: %s", part.lower(), e)
+            self.notes[part] = "without InstantID (no fitting models)"
+            log.warning("InstantID: the %s (%s) runs without InstantID: %s", part.lower(),
+                        unet_architecture(unet).family, e)
         else:
             self._hook(unet, job)
             self.notes.pop(part, None)

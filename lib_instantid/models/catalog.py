@@ -210,7 +210,7 @@ def choice_label(entry: ModelEntry, unet: Architecture | None) -> str:
         return f"{entry.name}{CHOICE_SEPARATOR}unusable"
     if unet is None or entry.fits(unet):
         return f"{entry.name}{CHOICE_SEPARATOR}{entry.family}"
-    return f"{entry.name}{CHOICE_SEPARATOR}{entry.family}, does not fit the loaded {unet.family} checkpoint"
+    return f"{entry.name}{CHOICE_SEPARATOR}{entry.family}, does not fit the loaded checkpoint ({unet.family})"
 
 
 def misfit(label: str, made_for: str, unet: Architecture) -> str:

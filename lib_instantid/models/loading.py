@@ -339,14 +339,14 @@ class ModelCache:
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
-        # key -> (model, the (device, dtype) it was last moved to here)
+        # key -> (model, the (device as the caller named it, dtype) it was last moved to here)
         self._entries: OrderedDict[tuple, tuple[nn.Module, tuple]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path, loader: Callable[[Path], M], device: torch.device, dtype: torch.dtype | None) -> M:
         """The model of this file on `device` in `dtype` (None: the file's own)."""
         key = (_file_identity(Path(path)), loader.__name__)
-        target = (resolved(device), dtype)
+        target = (device, dtype)
         with self._lock:
             model, placed = self._entries.pop(key, (None, None))
             if model is None:
@@ -363,12 +363,11 @@ class ModelCache:
 
     def offload(self, device: torch.device) -> None:
         """Move every cached model to `device` (the CPU), keeping it loaded: for when InstantID is not in use."""
-        target = resolved(device)
         with self._lock:
             for key, (model, (placed, dtype)) in list(self._entries.items()):
-                if placed != target:
+                if placed != device:
                     place(model, device, dtype)
-                    self._entries[key] = (model, (target, dtype))
+                    self._entries[key] = (model, (device, dtype))
 
     def clear(self) -> None:
         with self._lock:
@@ -382,7 +381,7 @@ def resolved(device: torch.device) -> torch.device:
 
 def _still_placed(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
     first = next(model.parameters(), None)
-    return first is None or (first.device == device and (dtype is None or first.dtype == dtype))
+    return first is None or (first.device == resolved(device) and (dtype is None or first.dtype == dtype))
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
