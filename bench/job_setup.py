@@ -10,7 +10,7 @@ models/instantid, and the synthetic antelopev2 pack of the tests in models/insig
   repeated job   the same face photo and models again (median of --repeats)
 
 Phases are timed by wrapping the engine's functions (nothing is edited):
-  face analysis   a1111.face_analyzer + a1111.analyse_faces
+  face analysis   a1111.face_analyzer + FaceAnalyzer.detect (the face photos and the pose)
   model load      pipeline.MODEL_CACHE.get (reading, building and placing the IdentityNet and the adapter)
   tokens/K-V      conditioning.project_face (Resampler), face_kv (adapter K/V per layer),
                   IdentityNet.project_context (its face-token K/V, computed in the first step), and the lookups
@@ -127,6 +127,7 @@ def job_setup(a) -> tuple[str, dict]:
     from lib_instantid import conditioning, pipeline, unet_hooks
     from lib_instantid.args import InstantIDArgs
     from lib_instantid.conditioning import HintFeatures
+    from lib_instantid.face import FaceAnalyzer
     from lib_instantid.hosts import a1111
     from lib_instantid.models.identitynet import IdentityNet
 
@@ -151,7 +152,7 @@ def job_setup(a) -> tuple[str, dict]:
 
     timer = PhaseTimer()
     timer.wrap(a1111, "face_analyzer", "face analysis")
-    timer.wrap(a1111, "analyse_faces", "face analysis")
+    timer.wrap(FaceAnalyzer, "detect", "face analysis")
     timer.wrap(pipeline.MODEL_CACHE, "get", "model load")
     # Whichever of these the engine has (older versions called project_face from the pipeline and had no store).
     for owner, name in ((conditioning, "project_face"), (pipeline, "project_face"), (conditioning, "face_kv"),

@@ -165,6 +165,7 @@ def test_a_pickle_that_cannot_be_memory_mapped_is_read_whole(models_root, shapes
 
     monkeypatch.setattr(torch.serialization, "load", load)
     catalog._read_shapes_of.cache_clear()
+    catalog._entry_of.cache_clear()
     entry = next(e for e in scan(models_root) if e.name == "instantid/ip-adapter.bin")
     assert entry.error is None and entry.fits(shapes["sdxl"])
     assert calls == [True, None]

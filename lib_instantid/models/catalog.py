@@ -92,7 +92,18 @@ def _describe(root: Path, path: Path, ours: bool) -> ModelEntry | None:
     weights = path / IDENTITYNET_WEIGHTS if path.is_dir() else path
     if weights.suffix not in WEIGHT_SUFFIXES:
         return None
-    shapes, error = read_shapes_or_error(weights)
+    try:
+        stat = weights.stat()
+    except OSError:
+        return None
+    return _entry_of(name, path, weights, (stat.st_size, stat.st_mtime_ns, stat.st_ino))
+
+
+@functools.lru_cache(maxsize=64)
+def _entry_of(name: str, path: Path, weights: Path, identity: tuple[int, int, int]) -> ModelEntry | None:
+    """The entry of one file version: every job scans the model folders, and checking a file's tensor names and
+    shapes takes milliseconds."""
+    shapes, error = _read_shapes_of(weights, identity)
     kind = _kind_of(path, shapes)
     if kind is None:
         return None
