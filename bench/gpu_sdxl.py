@@ -40,7 +40,8 @@ from lib_instantid.conditioning import COND, UNCOND, HintFeatures, project_face 
 from lib_instantid.models.adapter import FaceAdapter  # noqa: E402
 from lib_instantid.models.identitynet import IdentityNet, IdentityNetConfig  # noqa: E402
 from lib_instantid.models.resampler import ResamplerConfig  # noqa: E402
-from lib_instantid.unet_hooks import LATENT_SCALE, CallInfo, InstantIDHooks, Schedule  # noqa: E402
+from lib_instantid.session import LATENT_SCALE, CallInfo, Schedule  # noqa: E402
+from lib_instantid.unet_hooks import InstantIDHooks  # noqa: E402
 
 KEYPOINTS_64 = np.array([[20.3, 24.8], [42.6, 23.1], [31.2, 35.7], [22.9, 46.4], [41.5, 45.2]])  # in a 64 px image
 HINT_CHANNELS = (16, 32, 96, 256)  # the ControlNet conditioning embedding of the release

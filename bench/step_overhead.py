@@ -41,7 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E
 
 from lib_instantid.conditioning import COND, UNCOND, HintFeatures, project_face  # noqa: E402
 from lib_instantid.models.loading import load_adapter, load_identitynet  # noqa: E402
-from lib_instantid.unet_hooks import LATENT_SCALE, CallInfo, InstantIDHooks, Schedule  # noqa: E402
+from lib_instantid.session import LATENT_SCALE, CallInfo, Schedule  # noqa: E402
+from lib_instantid.unet_hooks import InstantIDHooks  # noqa: E402
 
 TOTAL_STEPS = 10
 KEYPOINTS_64 = np.array([[20.3, 24.8], [42.6, 23.1], [31.2, 35.7], [22.9, 46.4], [41.5, 45.2]])  # in a 64 px image

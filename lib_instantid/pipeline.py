@@ -20,7 +20,8 @@ from .models import catalog
 from .models.adapter import FaceAdapter
 from .models.identitynet import IdentityNet
 from .models.loading import ModelCache, load_adapter, load_identitynet
-from .unet_hooks import CallInfoSource, InstantIDHooks, Schedule, unet_architecture
+from .session import Schedule
+from .unet_hooks import CallInfoSource, InstantIDHooks, unet_architecture
 
 CPU = torch.device("cpu")
 MODEL_CACHE = ModelCache(capacity=2)

@@ -12,7 +12,8 @@ from lib_instantid import conditioning
 from lib_instantid.conditioning import COND, UNCOND, FaceTokens, HintFeatures, project_face
 from lib_instantid.keypoints import draw_keypoints
 from lib_instantid.models.loading import load_adapter, load_identitynet
-from lib_instantid.unet_hooks import OFF, CallInfo, InstantIDHooks, Schedule
+from lib_instantid.session import OFF, CallInfo, Schedule
+from lib_instantid.unet_hooks import InstantIDHooks
 from tests.fixtures import tiny_models as tm
 
 LATENT = 8

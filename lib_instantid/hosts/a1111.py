@@ -26,7 +26,8 @@ from ..face import FaceAnalyzer, choose_face, find_antelopev2, webui_antelopev2_
 from ..models import catalog
 from ..models.loading import place
 from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, Job, analyse_identity, prepare_job
-from ..unet_hooks import OFF, CallInfo, InstantIDHooks, unet_architecture
+from ..session import OFF, CallInfo
+from ..unet_hooks import InstantIDHooks, unet_architecture
 from . import poses as posing
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,230 @@
+"""What InstantID computes in each UNet call, whichever way a host injects it: the rows' face keys/values for the
+face attention, and the IdentityNet's residuals. The A1111 host applies them with PyTorch hooks (unet_hooks), Forge
+with its own patches and ControlNet chain (hosts/forge); both ask a Session.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .conditioning import ConditioningStore, FaceTokens, HintFeatures, face_kv
+from .models.adapter import FaceAdapter
+from .models.identitynet import IdentityNet, ProjectedContext
+from .models.resampler import split_heads
+
+LATENT_SCALE = 8  # pixels per latent cell in SD/SDXL VAEs
+OFF = 2  # a row kind beside conditioning.UNCOND/COND: a row InstantID leaves untouched (an image it does not serve)
+MAX_ROW_LAYOUTS = 8  # row layouts remembered per session (a job sees 1-3: batched, split, cond only)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A path's weight and the fraction of sampling steps it is active in."""
+
+    weight: float
+    start: float = 0.0
+    end: float = 1.0
+
+    def active(self, step: int, total_steps: int) -> bool:
+        """Whether the path acts in the step-th of `total_steps` model calls. Some samplers call the model more often
+        than their nominal steps (DPM adaptive; PLMS, UniPC, DDIM at some step counts): their late calls count as
+        the end of sampling, so a window ending at 1 lasts until sampling ends."""
+        begun, done = min(step / total_steps, 1.0), min((step + 1) / total_steps, 1.0)
+        return self.weight != 0 and self.start <= begun and done <= self.end
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What the host knows about one UNet call: each row's kind (conditioning.UNCOND/COND, or OFF), the image of
+    the batch each row belongs to (for per-image keypoints; None: one pose for all), and the step."""
+
+    row_kinds: tuple[int, ...]  # one per row of the call
+    step: int
+    total_steps: int
+    row_images: tuple[int, ...] | None = None
+
+
+class Rows:
+    """What one row layout (the kind and image of each row of a UNet call) determines within a session: the face K/V
+    of each layer for those rows, the IdentityNet's projected face context and its keypoint features. All are pure
+    functions of the layout and the session's fixed tokens, weights and keypoints, so a later call with the same
+    layout reuses them instead of selecting rows and projecting again in every layer of every step. The layout itself
+    is still read in every call."""
+
+    def __init__(self, kinds: tuple[int, ...], images: tuple[int, ...] | None, device: torch.device) -> None:
+        self.kinds, self.images = kinds, images
+        self.row_kind = torch.tensor(kinds, dtype=torch.long, device=device)
+        # Rows the IdentityNet runs on (all but OFF rows), and their kinds.
+        self.served = [i for i, kind in enumerate(kinds) if kind != OFF]
+        self.served_index = torch.tensor(self.served, dtype=torch.long, device=device)
+        self.served_kinds = tuple(kinds[i] for i in self.served)
+        self.face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.identitynet_context: ProjectedContext | None = None
+        self.hints: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def all_served(self) -> bool:
+        return len(self.served) == len(self.kinds)
+
+    def select(self, both: torch.Tensor) -> torch.Tensor:
+        """Rows of a [2, ...] UNCOND/COND tensor for this layout (zeros for OFF rows); a broadcast view when all rows
+        are one kind."""
+        if len(set(self.kinds)) == 1 and self.kinds[0] != OFF:
+            kind = self.kinds[0]
+            return both[kind:kind + 1].expand(len(self.kinds), *both.shape[1:])
+        if not self.all_served:
+            both = torch.cat([both, both.new_zeros(1, *both.shape[1:])])
+        return both.index_select(0, self.row_kind)
+
+
+@dataclass
+class CallState:
+    """One UNet call's share of InstantID."""
+
+    rows: Rows
+    face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer, for these rows, V × adapter weight; None: off
+    residuals: list[torch.Tensor] | None  # unscaled, in the order of the input blocks
+    mid: torch.Tensor | None
+    identitynet_weight: float
+
+
+class Session:
+    """InstantID for one sampling run on one UNet: the fixed tokens, per-layer face K/V, schedules and keypoints, and
+    what each call needs of them."""
+
+    def __init__(
+        self,
+        tokens: FaceTokens,
+        layer_heads: list[int],
+        *,
+        adapter: FaceAdapter | None = None,
+        adapter_schedule: Schedule = Schedule(0.0),
+        identitynet: IdentityNet | None = None,
+        identitynet_schedule: Schedule = Schedule(0.0),
+        hint: HintFeatures | None = None,
+        store: ConditioningStore | None = None,
+        identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        """`layer_heads`: the head count of each cross-attention layer, in the adapter's order. `store` keeps the face
+        K/V and the IdentityNet's projected face context for later sessions (jobs) with the same tokens and models;
+        without one they are computed for this session only. Each IdentityNet run happens inside
+        `identitynet_scope()`: the host's way to have it on the right device then."""
+        self.tokens = tokens
+        self.adapter_schedule = adapter_schedule if adapter is not None else Schedule(0.0)
+        self.identitynet = identitynet
+        self.identitynet_schedule = identitynet_schedule if identitynet is not None else Schedule(0.0)
+        self.hint, self.store, self.identitynet_scope = hint, store, identitynet_scope
+        self.face_kv = []
+        if adapter is not None:
+            self.face_kv = store.face_kv(adapter, tokens, layer_heads) if store else face_kv(adapter, tokens, layer_heads)
+        self._rows: dict[tuple, Rows] = {}
+
+    def call(self, info: CallInfo, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> CallState:
+        """What this call needs: the face K/V when the adapter acts, the residuals when the IdentityNet does."""
+        if len(info.row_kinds) != x.shape[0]:
+            raise RuntimeError(
+                f"InstantID: the UNet was called with {x.shape[0]} rows but the sampler described "
+                f"{len(info.row_kinds)}; cannot tell cond from uncond rows."
+            )
+        rows = self.rows(tuple(info.row_kinds), info.row_images)
+        residuals, mid = None, None
+        if rows.served and self.identitynet_schedule.active(info.step, info.total_steps):
+            with self.identitynet_scope():
+                residuals, mid = self.identitynet_residuals(x, timesteps, rows, y)
+        return CallState(rows, self.face_kv_for(rows, info), residuals, mid, self.identitynet_schedule.weight)
+
+    def rows(self, kinds: tuple[int, ...], images: tuple[int, ...] | None) -> Rows:
+        key = (kinds, images)
+        rows = self._rows.get(key)
+        if rows is None:
+            if len(self._rows) >= MAX_ROW_LAYOUTS:
+                self._rows.pop(next(iter(self._rows)))
+            rows = self._rows[key] = Rows(kinds, images, self.tokens.both.device)
+        return rows
+
+    def face_kv_for(self, rows: Rows, info: CallInfo) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer (K, s·V) of these rows; None when the adapter does not act in this call."""
+        if not rows.served or not self.adapter_schedule.active(info.step, info.total_steps):
+            return None
+        if rows.face_kv is None:
+            s = self.adapter_schedule.weight
+            rows.face_kv = [(rows.select(kv.k), rows.select(kv.v * s)) for kv in self.face_kv]
+        return rows.face_kv
+
+    @torch.no_grad()
+    def identitynet_residuals(
+        self, x: torch.Tensor, timesteps: torch.Tensor, rows: Rows, y: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residuals for every row of the call (zero for OFF rows); the IdentityNet runs on the served rows."""
+        net = self.identitynet
+        dtype = next(net.parameters()).dtype
+        hint = self._hint_of(rows, x.shape[-1] * LATENT_SCALE, x.shape[-2] * LATENT_SCALE)
+        # Inpainting UNets take extra input channels (mask, masked image); the IdentityNet sees the latent only.
+        latent = x[:, : net.config.in_channels].to(dtype)
+        if y is not None:
+            y = y.to(dtype)
+        if not rows.all_served:
+            latent, timesteps = latent[rows.served_index], timesteps[rows.served_index]
+            y = None if y is None else y[rows.served_index]
+        if rows.identitynet_context is None:  # the face tokens of these rows, projected by every attn2 once
+            def project():
+                return net.project_context(self.tokens.for_rows(rows.served_index.new_tensor(rows.served_kinds))
+                                           .to(dtype))
+
+            rows.identitynet_context = (project() if self.store is None else self.store.projected_context(
+                net, self.tokens, rows.served_kinds, project))
+        # Unscaled: the weight is applied where the residuals are added (torch.add's alpha, no extra pass).
+        down, mid = net(latent, timesteps, rows.identitynet_context, hint, y)
+        if rows.all_served:
+            return down, mid
+        return [_scattered(r, rows, len(rows.kinds)) for r in down], _scattered(mid, rows, len(rows.kinds))
+
+    def _hint_of(self, rows: Rows, width: int, height: int) -> torch.Tensor:
+        """The keypoint features of the served rows' images at this size: [1, ...] when they share one image."""
+        hint = rows.hints.get((width, height))
+        if hint is None:
+            images = (0,) if rows.images is None else tuple(rows.images[i] for i in rows.served)
+            features = {image: self.hint.get(width, height, image) for image in dict.fromkeys(images)}
+            hint = next(iter(features.values())) if len(features) == 1 else torch.cat([features[i] for i in images])
+            rows.hints[(width, height)] = hint
+        return hint
+
+
+def face_attention(state: CallState, index: int, query: torch.Tensor, heads: int) -> torch.Tensor:
+    """s·Attn(Q, K_face, V_face) of the index-th cross-attention layer for a projected query [B, N, heads·d], as
+    [B, N, heads, d] (add it to the text attention's output viewed the same way)."""
+    if query.shape[0] != state.rows.row_kind.shape[0]:
+        raise RuntimeError(
+            f"InstantID: a cross-attention layer saw {query.shape[0]} rows but the UNet call has "
+            f"{state.rows.row_kind.shape[0]}; another extension changes the batch inside the UNet, which InstantID "
+            "cannot follow. Disable one of them."
+        )
+    k, v = state.face_kv[index]  # V carries the adapter weight s
+    face = F.scaled_dot_product_attention(split_heads(query, heads), k.to(query.dtype), v.to(query.dtype))
+    return face.transpose(1, 2)
+
+
+def add_heads(hidden: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """hidden [B, N, heads·d] + face [B, N, heads, d], through a view instead of materialising the merge."""
+    b, n, _ = hidden.shape
+    return (hidden.reshape(b, n, face.shape[2], -1) + face.to(hidden.dtype)).reshape(b, n, -1)
+
+
+def fitted(residual: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A residual in the target's dtype and spatial size: extensions that rescale feature maps inside the UNet
+    (Kohya's Hires.fix / Deep Shrink) make them differ; resized by nearest neighbour, as sd-webui-controlnet does."""
+    residual = residual.to(target.dtype)
+    if residual.shape[-2:] != target.shape[-2:]:
+        residual = F.interpolate(residual, size=target.shape[-2:], mode="nearest")
+    return residual
+
+
+def _scattered(values: torch.Tensor, rows: Rows, total: int) -> torch.Tensor:
+    """Values of the served rows placed among zeros for all `total` rows of the call."""
+    out = values.new_zeros(total, *values.shape[1:])
+    return out.index_copy_(0, rows.served_index, values)
