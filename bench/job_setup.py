@@ -10,14 +10,14 @@ models/instantid, and the synthetic antelopev2 pack of the tests in models/insig
   repeated job   the same face photo and models again (median of --repeats)
 
 Phases are timed by wrapping the engine's functions (nothing is edited):
-  face analysis   a1111.face_analyzer + FaceAnalyzer.detect (the face photos and the pose)
+  face analysis   webui.face_analyzer + FaceAnalyzer.detect (the face photos and the pose)
   model load      pipeline.MODEL_CACHE.get (reading, building and placing the IdentityNet and the adapter)
   tokens/K-V      conditioning.project_face (Resampler), face_kv (adapter K/V per layer),
                   IdentityNet.project_context (its face-token K/V, computed in the first step), and the lookups
                   of these in pipeline.CONDITIONING (the store that keeps them across jobs)
   hint            HintFeatures.get (keypoint image drawn and embedded; happens in the first step)
   photo decode    InstantIDArgs.from_script_args (argument parsing, decoding the face photo)
-  catalogue       a1111.installed_models (scan of the model folders, reading file headers)
+  catalogue       webui.installed_models (scan of the model folders, reading file headers)
   other           the rest of InstantID's own set-up: a1111.start_job (infotext, keypoint placement),
                   Job.hooks (InstantIDHooks: compatibility check, layer lookup), InstantIDHooks.attach
 Set-up = the sum of the first four (the split the target names) and of all. Target: repeated job ≤ 5 ms.
@@ -129,6 +129,7 @@ def job_setup(a) -> tuple[str, dict]:
     from lib_instantid.conditioning import HintFeatures
     from lib_instantid.face import FaceAnalyzer
     from lib_instantid.hosts import a1111
+    from lib_instantid.hosts import webui as webui_host
     from lib_instantid.models.identitynet import IdentityNet
 
     from dataclasses import fields
@@ -151,7 +152,7 @@ def job_setup(a) -> tuple[str, dict]:
     instantid_args = [defaults[f.name] for f in fields(InstantIDArgs)]
 
     timer = PhaseTimer()
-    timer.wrap(a1111, "face_analyzer", "face analysis")
+    timer.wrap(webui_host, "face_analyzer", "face analysis")
     timer.wrap(FaceAnalyzer, "detect", "face analysis")
     timer.wrap(pipeline.MODEL_CACHE, "get", "model load")
     # Whichever of these the engine has (older versions called project_face from the pipeline and had no store).
@@ -163,7 +164,7 @@ def job_setup(a) -> tuple[str, dict]:
             timer.wrap(owner, name, "tokens/K-V")
     timer.wrap(HintFeatures, "get", "hint")
     timer.wrap(InstantIDArgs, "from_script_args", "photo decode")
-    timer.wrap(a1111, "installed_models", "catalogue")
+    timer.wrap(webui_host, "installed_models", "catalogue")
     timer.wrap(a1111, "start_job", "other")
     timer.wrap(pipeline.Job, "hooks", "other")
     timer.wrap(unet_hooks.InstantIDHooks, "attach", "other")

@@ -10,11 +10,12 @@ from modules import script_callbacks, scripts
 from modules.ui_components import InputAccordion, ToolButton
 
 from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, specs
-from lib_instantid.hosts import a1111, a1111_api, a1111_xyz
+from lib_instantid.hosts import running_host, webui, webui_api, webui_xyz
 from lib_instantid.images import uploaded_photos
 from lib_instantid.models import catalog
 
 MODEL_KINDS = {"identitynet_model": catalog.IDENTITYNET, "adapter_model": catalog.ADAPTER}
+host = running_host()  # lib_instantid.hosts.a1111 or .forge: how InstantID gets into this WebUI's UNet
 
 
 def register(on_event, callback, name: str) -> None:
@@ -36,15 +37,15 @@ def expand_infotext(infotext: str, params: dict) -> None:
     for name, value in InstantIDArgs.values_from_infotext(params).items():
         if name == "enabled" or value is None:
             continue
-        params[paste_label(name)] = a1111.choice_for(MODEL_KINDS[name], value) if name in MODEL_KINDS else value
+        params[paste_label(name)] = webui.choice_for(MODEL_KINDS[name], value) if name in MODEL_KINDS else value
 
 
-register(script_callbacks.on_cfg_denoiser, a1111.on_cfg_denoiser, "instantid_rows")
-register(script_callbacks.on_model_loaded, a1111.on_model_loaded, "instantid_release")
+register(script_callbacks.on_cfg_denoiser, host.on_cfg_denoiser, "instantid_rows")
+register(script_callbacks.on_model_loaded, host.on_model_loaded, "instantid_release")
 register(script_callbacks.on_infotext_pasted, expand_infotext, "instantid_paste")
-register(script_callbacks.on_app_started, a1111_api.add_routes, "instantid_api")
-register(script_callbacks.on_before_ui, a1111_xyz.add_axes, "instantid_xyz")
-register(script_callbacks.on_script_unloaded, a1111.release_all, "instantid_unload")
+register(script_callbacks.on_app_started, webui_api.add_routes, "instantid_api")
+register(script_callbacks.on_before_ui, webui_xyz.add_axes, "instantid_xyz")
+register(script_callbacks.on_script_unloaded, webui.release_all, "instantid_unload")
 
 
 class InstantIDScript(scripts.Script):
@@ -76,9 +77,9 @@ class InstantIDScript(scripts.Script):
                 "adapter_start", "adapter_end", "face_index")}
             gr.HTML(self._hints(spec))
         for event in (refresh.click, identitynet.focus, adapter.focus):
-            event(a1111.refreshed_choices, outputs=[identitynet, adapter])
+            event(webui.refreshed_choices, outputs=[identitynet, adapter])
         index = sliders["face_index"]
-        preview_button.click(a1111.preview, inputs=[face, pose, index], outputs=[preview, message])
+        preview_button.click(webui.preview, inputs=[face, pose, index], outputs=[preview, message])
         components = {"enabled": enabled, "face_image": face, "pose_image": pose, "identitynet_model": identitynet,
                       "adapter_model": adapter, **sliders}
         # Every setting goes by a name of its own, which Send to img2img/inpaint matches and pasted infotext
@@ -96,7 +97,7 @@ class InstantIDScript(scripts.Script):
 
     def _model_dropdown(self, name: str, spec: dict) -> gr.Dropdown:
         s, _ = spec[name]
-        return gr.Dropdown(label=s.label, choices=a1111.model_choices(MODEL_KINDS[name]), value=AUTOMATIC,
+        return gr.Dropdown(label=s.label, choices=webui.model_choices(MODEL_KINDS[name]), value=AUTOMATIC,
                            elem_id=self.elem_id(name))
 
     def _number(self, name: str, spec: dict):
@@ -107,4 +108,9 @@ class InstantIDScript(scripts.Script):
         return gr.Slider(s.minimum, s.maximum, value=default, step=0.05, label=s.label, elem_id=self.elem_id(name))
 
     def process(self, p, *args) -> None:
-        a1111.start_job(p, args)
+        host.start_job(p, args)
+
+    if hasattr(host, "before_every_sampling"):  # Forge: A1111 (1.9+) calls the hook too, but needs nothing there
+        def process_before_every_sampling(self, p, *args, **kwargs) -> None:
+            """Before each sampling pass (the hires pass too), after Forge reset its UNet patcher."""
+            host.before_every_sampling(p, args)

@@ -14,6 +14,7 @@ from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the s
     EXTENSION_SCRIPT, FACE, FACE_CENTRE, FACE_SIDE, POSE_CENTRE, POSE_SIDE, SIZE, HintSizes, RowKinds, b64, generate,
     models_root, no_hooks_left, photo, pixels, positional, ui, unets, webui,
 )
+from tests.jobs_common import api_job, decode
 from tests.webui import controlnet_like, lora_like
 
 from lib_instantid.args import InstantIDArgs
@@ -215,16 +216,6 @@ def test_inpaint_chooses_the_face_under_the_mask(ui, monkeypatch):
 
 # --- API --------------------------------------------------------------------------------------------------------
 
-def api_job(client, instantid_args, **body):
-    return client.post("/sdapi/v1/txt2img", json={
-        "prompt": "a portrait", "negative_prompt": "blurry", "steps": 3, "seed": 1, **SIZE,
-        "alwayson_scripts": {"InstantID": {"args": instantid_args}}, **body})
-
-
-def decode(response, index=0) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][index])))).astype(np.int16)
-
-
 def test_api_named_dict_and_positional_args_give_the_same_image(ui):
     client = ui.api_client()
     named = api_job(client, [{"enabled": True, "face_image": b64(photo()), "adapter_weight": 0.7}])
@@ -366,14 +357,14 @@ def test_xyz_axes_override_the_weights(ui):
 
 
 def test_preview_button_shows_the_detected_face_or_says_what_to_try(ui):
-    from lib_instantid.hosts import a1111
+    from lib_instantid.hosts import webui as webui_host
 
-    overlays, message = a1111.preview([FACE], photo(POSE_CENTRE, POSE_SIDE, colour="magenta"), 0)
+    overlays, message = webui_host.preview([FACE], photo(POSE_CENTRE, POSE_SIDE, colour="magenta"), 0)
     assert len(overlays) == 2 and "1 face(s) found in the face photo 1" in message
     box, _ = expected_face(FACE_CENTRE, FACE_SIDE)
     x1, y1 = int(box[0]), int(box[1])
     assert tuple(overlays[0][y1 + 1, (x1 + int(box[2])) // 2]) == (0, 255, 0)  # the chosen face's box, in green
     blank = Image.new("RGB", (64, 64), (90, 90, 90))
-    overlays, message = a1111.preview([], blank, 0)
+    overlays, message = webui_host.preview([], blank, 0)
     assert "No face found in the pose photo" in message
-    assert a1111.preview(None, None, 0) == ([], "Upload a face photo first.")
+    assert webui_host.preview(None, None, 0) == ([], "Upload a face photo first.")

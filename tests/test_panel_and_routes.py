@@ -19,6 +19,7 @@ from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the s
 
 from lib_instantid.args import AUTOMATIC
 from lib_instantid.hosts import a1111
+from lib_instantid.hosts import webui as webui_host
 from lib_instantid.images import PhotoFile
 from lib_instantid.keypoints import Placement
 from modules import shared
@@ -56,7 +57,7 @@ def test_a_dropdown_entry_chooses_its_model(ui):
     entry = next(c for c in control(ui, "identitynet_model").choices if c.startswith("instantid/"))
     result = generate(ui, instantid=positional(**ON, identitynet_model=entry))
     assert "IdentityNet: instantid/ControlNetModel," in result.processed.infotexts[0]
-    with pytest.raises(a1111.InstantID, match='The face adapter is made for SD1.5'):
+    with pytest.raises(webui_host.InstantID, match='The face adapter is made for SD1.5'):
         sd15 = next(c for c in control(ui, "adapter_model").choices if "sd15" in c)
         generate(ui, instantid=positional(**ON, adapter_model=sd15))
 
@@ -155,7 +156,7 @@ def test_with_data_dir_the_face_models_sd_webui_controlnet_downloaded_are_found(
     webui.set_data_dir(data, models_dir=models)
     webui.set_model(unets["sdxl"], "sdxl")
     webui.load_extension(EXTENSION_SCRIPT)
-    assert a1111.face_analyzer_pack() == downloads / "antelopev2"
+    assert webui_host.face_analyzer_pack() == downloads / "antelopev2"
     result = generate(webui, instantid=positional(**ON))
     assert "InstantID:" in result.processed.infotexts[0]
     a1111.release_models()
@@ -203,7 +204,7 @@ def test_detect_bounds_the_work_of_one_request(ui):
 # --- messages -----------------------------------------------------------------------------------------------
 
 def test_panel_messages_use_the_panels_labels_and_the_api_its_field_names(ui):
-    with pytest.raises(a1111.InstantID, match=r'^"Face photo\(s\)" is missing'):
+    with pytest.raises(webui_host.InstantID, match=r'^"Face photo\(s\)" is missing'):
         generate(ui, instantid=positional(enabled=True))
     response = ui.api_client().post("/sdapi/v1/txt2img", json={
         "prompt": "a", "steps": 3, **SIZE, "alwayson_scripts": {"InstantID": {"args": [{"enabled": True}]}}})

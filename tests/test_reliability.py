@@ -22,16 +22,10 @@ from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the s
 
 from lib_instantid.hosts import a1111
 from modules import script_callbacks, shared
-from tests.fixtures import tiny_models as tm
+from tests.jobs_common import api_job
 from tests.fixtures.face_models import expected_face, paint_marker
 
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
-
-
-def api_job(client, instantid_args: list, **body):
-    return client.post("/sdapi/v1/txt2img", json={
-        "prompt": "a portrait", "negative_prompt": "blurry", "steps": 3, "seed": 1, "width": 64, "height": 64,
-        "alwayson_scripts": {"InstantID": {"args": instantid_args}}, **body})
 
 
 def job_error(webui, **instantid) -> str:

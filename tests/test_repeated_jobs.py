@@ -11,6 +11,7 @@ from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the s
 )
 
 from lib_instantid.hosts import a1111
+from lib_instantid.hosts import webui as webui_host
 from tests.fixtures.face_models import expected_face
 
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
@@ -29,8 +30,8 @@ def test_loopback_gives_every_loop_instantid_from_its_own_init_image(ui, unets, 
                         denoising_strength=0.6)
     assert np.abs(pixels(result) - pixels(plain)).max() > 3
     assert len(hints.drawn) == 3  # one keypoint image per loop: each loop found the face in its own init image
-    assert isinstance(result.p.__dict__["sample"], a1111.SampleScope)
-    assert not isinstance(result.p.__dict__["sample"].original, a1111.SampleScope)  # installed once, not nested
+    assert isinstance(result.p.__dict__["sample"], webui_host.SampleScope)
+    assert not isinstance(result.p.__dict__["sample"].original, webui_host.SampleScope)  # installed once, not nested
     assert no_hooks_left(unets["sdxl"])
 
 
@@ -55,7 +56,7 @@ def test_batch_tab_with_an_image_without_a_face_says_which(ui, tmp_path):
     folder.mkdir()
     photo((70, 150), 30, colour="magenta").save(folder / "0.png")
     Image.new("RGB", (256, 256), (90, 90, 90)).save(folder / "1.png")
-    with pytest.raises(a1111.InstantID, match="No face found in the init image"):
+    with pytest.raises(webui_host.InstantID, match="No face found in the init image"):
         ui.img2img_batch(str(folder), script_args={"InstantID": positional(**ON)}, prompt="a", steps=3, seed=1,
                          width=64, height=64, denoising_strength=0.75)
 

@@ -12,6 +12,7 @@ from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the s
 from tests.webui import kohya_like
 
 from lib_instantid.hosts import a1111
+from lib_instantid.hosts import webui as webui_host
 from lib_instantid.unet_hooks import InstantIDHooks
 from modules import sd_samplers
 
@@ -163,7 +164,7 @@ def test_a_replacement_unet_is_refused_in_the_panel_and_the_api(ui, unets):
     from tests.webui_jobs import b64, photo
 
     ui.activate_unet(label="Stand-in TRT")
-    with pytest.raises(a1111.InstantID, match="replacement UNet 'Stand-in TRT'.*Set SD Unet to None"):
+    with pytest.raises(webui_host.InstantID, match="replacement UNet 'Stand-in TRT'.*Set SD Unet to None"):
         generate(ui, instantid=positional(**ON))
     response = ui.api_client().post("/sdapi/v1/txt2img", json={
         "prompt": "a", "steps": 3, **SIZE,

@@ -1,34 +1,23 @@
-"""AUTOMATIC1111 glue: where the UNet, models and devices are, which rows are cond/uncond, and the scope of one
-job's hooks.
-
-Errors found while preparing a job cannot be raised from the script hooks: the WebUI catches and logs those and
-generates anyway, silently without the identity. They are kept and raised when sampling starts, from our wrapper of
-`p.sample`, which ends the job with the message (the UI shows it; the API answers with it and its status code).
-The same wrapper scopes the UNet hooks: attached just before sampling, removed in `finally`. Scripts that process
-one `p` several times (img2img batch, Loopback, SD upscale, outpainting) run `process` again on it: each run
-replaces the previous one's state, and the wrapper is installed once.
+"""AUTOMATIC1111 glue: the UNet and its devices, which rows of each UNet call are cond/uncond, and the scope of one
+job's PyTorch hooks (attached just before sampling, removed in `finally`). What Forge shares with it is in webui.py.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from pathlib import Path
 
 import torch
 
-from modules import devices, shared
+from modules import devices
 
-from ..args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, in_panel_words
+from ..args import INFOTEXT_KEY, InstantIDArgs
 from ..conditioning import COND, UNCOND
 from ..errors import InstantIDError
-from ..face import FaceAnalyzer, choose_face, find_antelopev2, webui_antelopev2_roots
-from ..models import catalog
 from ..models.loading import place
-from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, Job, analyse_identity, prepare_job
+from ..pipeline import CONDITIONING, MODEL_CACHE, Job, prepare_job
 from ..session import OFF, CallInfo
 from ..unet_hooks import InstantIDHooks, unet_architecture
-from . import poses as posing
+from .webui import SampleScope, Settings, for_host, unet_of_model
 
 log = logging.getLogger(__name__)
 
@@ -36,58 +25,8 @@ CONTROLNET_MARK = 1024.0  # sd-webui-controlnet prepends a token row of +1024 (c
 MARK_EPS = 1e-3
 
 
-class InstantID(RuntimeError):
-    """What a job with InstantID stops with in the panel: the WebUI shows the class name, then the message."""
-
-
-# --- where things are --------------------------------------------------------------------------------------------
-
-def models_path() -> Path:
-    return Path(shared.models_path)
-
-
-def installed_models() -> list[catalog.ModelEntry]:
-    return catalog.scan(models_path())
-
-
-def antelopev2_roots() -> list[Path]:
-    from modules import paths
-
-    extensions = Path(getattr(paths, "extensions_dir", Path(shared.script_path) / "extensions"))
-    return webui_antelopev2_roots(models_path(), extensions, _controlnet_annotator_roots())
-
-
-def _controlnet_annotator_roots() -> list[Path]:
-    """Where sd-webui-controlnet keeps its downloads when its setting or command-line flag moved them."""
-    from modules import paths
-
-    moved = shared.opts.data.get("control_net_modules_path") or getattr(shared.cmd_opts,
-                                                                        "controlnet_annotator_models_path", None)
-    if not moved:
-        return []
-    folder = Path(moved)
-    return [folder if folder.is_absolute() else Path(paths.data_path) / folder]
-
-
-_analyzers: dict[Path, FaceAnalyzer] = {}
-_analyzers_lock = threading.Lock()
-
-
-def face_analyzer_pack() -> Path:
-    return find_antelopev2(*antelopev2_roots())
-
-
-def face_analyzer() -> FaceAnalyzer:
-    pack = face_analyzer_pack()
-    with _analyzers_lock:
-        if pack not in _analyzers:
-            _analyzers.clear()
-            _analyzers[pack] = FaceAnalyzer(pack)
-        return _analyzers[pack]
-
-
 def unet_of(p) -> torch.nn.Module:
-    return p.sd_model.model.diffusion_model
+    return unet_of_model(p.sd_model)
 
 
 def low_vram(p) -> bool:
@@ -199,42 +138,13 @@ def on_cfg_denoiser(params) -> None:
 def start_job(p, script_args: tuple) -> None:
     """The script's `process` hook, for every processing of `p`. Nothing at all unless InstantID is turned on (then
     the models InstantID keeps loaded leave the GPU for the other job)."""
-    scope = SampleScope.of(p)
     if not InstantIDArgs.requested(script_args):
-        if scope is not None:
-            scope.run = None
+        SampleScope.set_run(p, None)
         release_device_memory()
         return
     run = JobRun(p)
-    (scope or SampleScope.install(p)).run = run  # before preparing: no failure below lets the job run without us
+    SampleScope.set_run(p, run)  # before preparing: no failure below lets the job run without us
     run.prepare(script_args)
-
-
-class SampleScope:
-    """Installed once as `p.sample`: runs the current processing's InstantID run around the real `p.sample`."""
-
-    def __init__(self, p) -> None:
-        self.p = p
-        self.original = p.sample
-        self.run: JobRun | None = None
-
-    @classmethod
-    def install(cls, p) -> "SampleScope":
-        p.sample = scope = cls(p)
-        return scope
-
-    @classmethod
-    def of(cls, p) -> "SampleScope | None":
-        scope = p.__dict__.get("sample")
-        if isinstance(scope, cls) and scope.p is not p:  # a copy of another job: start afresh on this one's own
-            p.sample = type(p).sample.__get__(p)
-            return None
-        return scope if isinstance(scope, cls) else None
-
-    def __call__(self, *args, **kwargs):
-        if self.run is None:
-            return self.original(*args, **kwargs)
-        return self.run.sample(self.original, args, kwargs)
 
 
 class JobRun:
@@ -248,47 +158,25 @@ class JobRun:
         self.job: Job | None = None
         self.hooks: InstantIDHooks | None = None
         self.unet: torch.nn.Module | None = None  # the UNet the current hooks (or the refusal to hook) are about
-        self.notes: dict[str, str] = {}
 
     def prepare(self, script_args: tuple) -> None:
         """Settings, faces and models, once per processing. Any error is kept for `p.sample` to raise."""
         try:
-            p = self.p
-            args = InstantIDArgs.from_script_args(script_args)
-            overrides = getattr(p, "instantid_overrides", None)  # set by XYZ plot axes
-            if overrides:
-                args = args.with_overrides(**overrides)
-            args.check_ready()
-            self.args = args
-            self.identity = analyse_identity(face_analyzer(), args)
-            self.poses = self._poses(args, self.identity)
-            self.tracker = RowTracker(self.poses.served, not self.poses.shared)
-            self.models = installed_models()
-            self.low_vram = low_vram(p)
-            self.job = self._prepare_for(unet_of(p))
-            unserved = self.poses.served.count(False)
-            if unserved:
-                self.notes["Images without a face"] = f"{unserved} of {len(self.poses.served)} (left unchanged)"
+            self.settings = Settings(self.p, script_args)
+            self.tracker = RowTracker(self.settings.poses.served, not self.settings.poses.shared)
+            self.low_vram = low_vram(self.p)
+            self.job = self._prepare_for(unet_of(self.p))
             self._write_infotext()
         except Exception as e:  # kept, not swallowed: raised when sampling starts
             self.error = e
 
-    def _poses(self, args: InstantIDArgs, identity: Identity) -> posing.Poses:
-        p = self.p
-        pose_photo = None
-        if args.pose_image is not None:
-            pose_photo = choose_face(face_analyzer().detect(args.pose_image), 0, "pose image")
-        if not hasattr(p, "init_images"):
-            return posing.txt2img_poses(p, pose_photo or identity.first_face)
-        return posing.img2img_poses(p, face_analyzer().detect, pose_photo, posing.face_under_mask(p))
-
     def _prepare_for(self, unet: torch.nn.Module) -> Job:
+        s = self.settings
         identitynet_device = devices.cpu if self.low_vram else devices.device
-        return prepare_job(self.args, self.identity, self.models, unet, devices.device, devices.dtype_unet,
-                           identitynet_device)
+        return prepare_job(s.args, s.identity, s.models, unet, devices.device, devices.dtype_unet, identitynet_device)
 
     def _write_infotext(self) -> None:
-        self.p.extra_generation_params[INFOTEXT_KEY] = self.job.infotext(self.notes)
+        self.p.extra_generation_params[INFOTEXT_KEY] = self.job.infotext(self.settings.notes)
 
     # --- while p.sample runs
 
@@ -317,10 +205,10 @@ class JobRun:
                 f"InstantID cannot act through the replacement UNet {replacement!r} (Settings → SD Unet, e.g. "
                 "TensorRT): it runs instead of the layers InstantID works in. Set SD Unet to None for InstantID jobs.")
         self.unet = unet
-        if not any(self.poses.served):
+        if not any(self.settings.poses.served):
             return  # nothing to serve in this batch (tiles without a face)
         residency = Residency(job.identitynet, self.low_vram)
-        self.hooks = job.hooks(unet, self.tracker, self.poses.keypoints_for, residency.scope).attach()
+        self.hooks = job.hooks(unet, self.tracker, self.settings.poses.keypoints_for, residency.scope).attach()
         self.residency = residency
 
     def _unhook(self) -> None:
@@ -346,12 +234,12 @@ class JobRun:
             job = self._prepare_for(unet)
         except InstantIDError as e:
             self.unet = unet
-            self.notes[part] = "without InstantID (no fitting models)"
+            self.settings.notes[part] = "without InstantID (no fitting models)"
             log.warning("InstantID: the %s (%s) runs without InstantID: %s", part.lower(),
                         unet_architecture(unet).family, e)
         else:
             self._hook(unet, job)
-            self.notes.pop(part, None)
+            self.settings.notes.pop(part, None)
         self._write_infotext()
 
 
@@ -382,19 +270,6 @@ class Residency:
             devices.torch_gc()
 
 
-def for_host(p, error: InstantIDError) -> BaseException:
-    """An API request's input error becomes an HTTPException: the API answers it with its status and message and,
-    unlike other exceptions, does not print a traceback to the server console for it. In the panel the message is
-    told in the panel's words."""
-    if getattr(p, "is_api", False):
-        from fastapi import HTTPException
-
-        http = HTTPException(status_code=error.status_code, detail=f"{type(error).__name__}: {error}")
-        http.__cause__ = error  # the original stays attached for logs
-        return http
-    return InstantID(in_panel_words(str(error)))
-
-
 # --- memory ------------------------------------------------------------------------------------------------------
 
 def release_device_memory() -> None:
@@ -419,57 +294,3 @@ def release_models() -> None:
     MODEL_CACHE.clear()
     CONDITIONING.clear()
     devices.torch_gc()
-
-
-def release_all() -> None:
-    """Registered for `on_script_unloaded`."""
-    release_models()
-    with _analyzers_lock:
-        _analyzers.clear()
-
-
-# --- the panel ---------------------------------------------------------------------------------------------------
-
-def loaded_architecture():
-    """What the loaded checkpoint's UNet offers, or None while no checkpoint is loaded."""
-    model = getattr(shared, "sd_model", None)
-    unet = getattr(getattr(model, "model", None), "diffusion_model", None)
-    return None if unet is None else unet_architecture(unet)
-
-
-def model_choices(kind: str) -> list[str]:
-    unet = loaded_architecture()
-    return [AUTOMATIC] + [catalog.choice_label(e, unet) for e in installed_models() if e.kind == kind]
-
-
-def refreshed_choices() -> tuple[dict, dict]:
-    import gradio as gr
-
-    return (gr.update(choices=model_choices(catalog.IDENTITYNET)), gr.update(choices=model_choices(catalog.ADAPTER)))
-
-
-def choice_for(kind: str, name: str) -> str:
-    """The dropdown entry of an installed model named `name` (e.g. from pasted infotext); Automatic when none is."""
-    unet = loaded_architecture()
-    for entry in installed_models():
-        if entry.kind == kind and entry.name == name:
-            return catalog.choice_label(entry, unet)
-    return AUTOMATIC
-
-
-def preview(face_files, pose_image, face_index) -> tuple[list, str]:
-    """The panel's Preview button: overlays of what was found, and what to do when nothing was."""
-    from .. import preview as drawing
-    from ..images import decode_image
-
-    try:
-        analyzer = face_analyzer()
-        images = [(decode_image(f, "face_image"), f"face photo {i + 1}") for i, f in enumerate(face_files or [])]
-        if pose_image is not None:
-            images.append((decode_image(pose_image, "pose_image"), "pose photo"))
-        if not images:
-            return [], "Upload a face photo first."
-        found = [drawing.detect(analyzer, image, int(face_index or 0), what) for image, what in images]
-    except InstantIDError as e:
-        return [], in_panel_words(str(e))
-    return [d.image for d in found], "\n\n".join(d.message for d in found)

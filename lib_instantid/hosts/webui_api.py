@@ -22,7 +22,7 @@ from .. import preview
 from ..errors import InstantIDError
 from ..face import onnx_providers
 from ..images import decode_image
-from . import a1111
+from . import webui
 
 MAX_IMAGE_CHARS = 30 * 2**20  # base64 characters of one photo sent to /instantid/detect
 MAX_DETECT_PIXELS = 40_000_000
@@ -75,13 +75,13 @@ def _api_credentials(users: dict[str, str], request: Request) -> bool:
 
 
 def models() -> dict:
-    unet = a1111.loaded_architecture()
+    unet = webui.loaded_architecture()
     return {
         "models": [
             {"name": e.name, "kind": e.kind, "family": e.family, "context_dim": e.context_dim,
              "fits_loaded_checkpoint": None if unet is None else e.fits(unet),
              "error": None if e.error is None else without_server_paths(e.error)}
-            for e in a1111.installed_models()
+            for e in webui.installed_models()
         ],
         "antelopev2": _antelopev2_status(),
     }
@@ -89,7 +89,7 @@ def models() -> dict:
 
 def _antelopev2_status() -> dict:
     try:
-        pack = a1111.face_analyzer_pack()
+        pack = webui.face_analyzer_pack()
         return {"found": True, "folder": without_server_paths(str(pack)), "providers": onnx_providers(),
                 "error": None}
     except InstantIDError as e:
@@ -102,7 +102,7 @@ def detect(request: DetectRequest) -> dict:
         if image.width * image.height > MAX_DETECT_PIXELS:
             raise InstantIDError(f"image is {image.width}x{image.height} pixels; this route takes up to "
                                  f"{MAX_DETECT_PIXELS // 10**6} megapixels. Send a smaller photo.", field="image")
-        found = preview.detect(a1111.face_analyzer(), image, request.face_index)
+        found = preview.detect(webui.face_analyzer(), image, request.face_index)
     except InstantIDError as e:
         raise HTTPException(status_code=e.status_code, detail=without_server_paths(str(e))) from e
     return {

@@ -1,0 +1,221 @@
+"""What A1111 and Forge share: both run A1111's `modules` (shared, paths, processing, scripts), so where models and
+face models are, the panel's model lists and Preview, a job's settings/identity/poses, the `p.sample` wrapper that
+raises a job's kept error, and how errors are told, are the same on both. The UNet and how InstantID is injected
+into it are each host's own (a1111.py, forge.py).
+
+Errors found while preparing a job cannot be raised from the script hooks: both WebUIs catch and log those and
+generate anyway, silently without the identity. They are kept and raised when sampling starts, from our wrapper of
+`p.sample`, which ends the job with the message (the UI shows it; the API answers with it and its status code).
+Scripts that process one `p` several times (img2img batch, Loopback, SD upscale, outpainting) run `process` again on
+it: each run replaces the previous one's state, and the wrapper is installed once.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+
+from modules import shared
+
+from ..args import AUTOMATIC, InstantIDArgs, in_panel_words
+from ..errors import InstantIDError
+from ..face import FaceAnalyzer, choose_face, find_antelopev2, webui_antelopev2_roots
+from ..models import catalog
+from ..models.architecture import Architecture
+from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, analyse_identity
+from ..unet_hooks import unet_architecture
+from . import poses as posing
+
+
+class InstantID(RuntimeError):
+    """What a job with InstantID stops with in the panel: the WebUI shows the class name, then the message."""
+
+
+# --- where things are --------------------------------------------------------------------------------------------
+
+def models_path() -> Path:
+    return Path(shared.models_path)
+
+
+def installed_models() -> list[catalog.ModelEntry]:
+    return catalog.scan(models_path())
+
+
+def antelopev2_roots() -> list[Path]:
+    from modules import paths
+
+    extensions = Path(getattr(paths, "extensions_dir", Path(shared.script_path) / "extensions"))
+    return webui_antelopev2_roots(models_path(), extensions, _controlnet_annotator_roots())
+
+
+def _controlnet_annotator_roots() -> list[Path]:
+    """Where sd-webui-controlnet keeps its downloads when its setting or command-line flag moved them."""
+    from modules import paths
+
+    moved = shared.opts.data.get("control_net_modules_path") or getattr(shared.cmd_opts,
+                                                                        "controlnet_annotator_models_path", None)
+    if not moved:
+        return []
+    folder = Path(moved)
+    return [folder if folder.is_absolute() else Path(paths.data_path) / folder]
+
+
+_analyzers: dict[Path, FaceAnalyzer] = {}
+_analyzers_lock = threading.Lock()
+
+
+def face_analyzer_pack() -> Path:
+    return find_antelopev2(*antelopev2_roots())
+
+
+def face_analyzer() -> FaceAnalyzer:
+    pack = face_analyzer_pack()
+    with _analyzers_lock:
+        if pack not in _analyzers:
+            _analyzers.clear()
+            _analyzers[pack] = FaceAnalyzer(pack)
+        return _analyzers[pack]
+
+
+def unet_of_model(sd_model) -> torch.nn.Module | None:
+    """The ldm/sgm-layout UNet of a loaded checkpoint: A1111's `model.diffusion_model`, or on Forge the one in its
+    UNet patcher. None while no checkpoint is loaded."""
+    forge_objects = getattr(sd_model, "forge_objects", None)
+    if forge_objects is not None:
+        return forge_objects.unet.model.diffusion_model
+    return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+
+
+def loaded_architecture() -> Architecture | None:
+    """What the loaded checkpoint's UNet offers, or None while no checkpoint is loaded."""
+    unet = unet_of_model(getattr(shared, "sd_model", None))
+    return None if unet is None else unet_architecture(unet)
+
+
+# --- a job's settings --------------------------------------------------------------------------------------------
+
+class Settings:
+    """One processing's settings, identity and poses, read at `process`: what every host needs before it touches
+    the UNet. Raises InstantIDError with a message for anything the user must fix."""
+
+    def __init__(self, p, script_args: tuple) -> None:
+        args = InstantIDArgs.from_script_args(script_args)
+        overrides = getattr(p, "instantid_overrides", None)  # set by XYZ plot axes
+        if overrides:
+            args = args.with_overrides(**overrides)
+        args.check_ready()
+        self.args = args
+        self.identity = analyse_identity(face_analyzer(), args)
+        self.poses = _poses(p, args, self.identity)
+        self.models = installed_models()
+        unserved = self.poses.served.count(False)
+        self.notes = {"Images without a face": f"{unserved} of {len(self.poses.served)} (left unchanged)"} \
+            if unserved else {}
+
+
+def _poses(p, args: InstantIDArgs, identity: Identity) -> posing.Poses:
+    pose_photo = None
+    if args.pose_image is not None:
+        pose_photo = choose_face(face_analyzer().detect(args.pose_image), 0, "pose image")
+    if not hasattr(p, "init_images"):
+        return posing.txt2img_poses(p, pose_photo or identity.first_face)
+    return posing.img2img_poses(p, face_analyzer().detect, pose_photo, posing.face_under_mask(p))
+
+
+class SampleScope:
+    """Installed once as `p.sample`: runs the current processing's run (its `sample(original, args, kwargs)`)
+    around the real `p.sample`."""
+
+    def __init__(self, p) -> None:
+        self.p = p
+        self.original = p.sample
+        self.run = None
+
+    @classmethod
+    def install(cls, p) -> "SampleScope":
+        p.sample = scope = cls(p)
+        return scope
+
+    @classmethod
+    def of(cls, p) -> "SampleScope | None":
+        scope = p.__dict__.get("sample")
+        if isinstance(scope, cls) and scope.p is not p:  # a copy of another job: start afresh on this one's own
+            p.sample = type(p).sample.__get__(p)
+            return None
+        return scope if isinstance(scope, cls) else None
+
+    @classmethod
+    def set_run(cls, p, run) -> None:
+        """This processing's run (None: InstantID is off for it), installing the wrapper the first time."""
+        scope = cls.of(p)
+        if scope is None and run is not None:
+            scope = cls.install(p)
+        if scope is not None:
+            scope.run = run
+
+    def __call__(self, *args, **kwargs):
+        if self.run is None:
+            return self.original(*args, **kwargs)
+        return self.run.sample(self.original, args, kwargs)
+
+
+def for_host(p, error: InstantIDError) -> BaseException:
+    """An API request's input error becomes an HTTPException: the API answers it with its status and message and,
+    unlike other exceptions, does not print a traceback to the server console for it. In the panel the message is
+    told in the panel's words."""
+    if getattr(p, "is_api", False):
+        from fastapi import HTTPException
+
+        http = HTTPException(status_code=error.status_code, detail=f"{type(error).__name__}: {error}")
+        http.__cause__ = error  # the original stays attached for logs
+        return http
+    return InstantID(in_panel_words(str(error)))
+
+
+def release_all() -> None:
+    """Registered for `on_script_unloaded`: models, tokens and face models go."""
+    MODEL_CACHE.clear()
+    CONDITIONING.clear()
+    with _analyzers_lock:
+        _analyzers.clear()
+
+
+# --- the panel ---------------------------------------------------------------------------------------------------
+
+def model_choices(kind: str) -> list[str]:
+    unet = loaded_architecture()
+    return [AUTOMATIC] + [catalog.choice_label(e, unet) for e in installed_models() if e.kind == kind]
+
+
+def refreshed_choices() -> tuple[dict, dict]:
+    import gradio as gr
+
+    return (gr.update(choices=model_choices(catalog.IDENTITYNET)), gr.update(choices=model_choices(catalog.ADAPTER)))
+
+
+def choice_for(kind: str, name: str) -> str:
+    """The dropdown entry of an installed model named `name` (e.g. from pasted infotext); Automatic when none is."""
+    unet = loaded_architecture()
+    for entry in installed_models():
+        if entry.kind == kind and entry.name == name:
+            return catalog.choice_label(entry, unet)
+    return AUTOMATIC
+
+
+def preview(face_files, pose_image, face_index) -> tuple[list, str]:
+    """The panel's Preview button: overlays of what was found, and what to do when nothing was."""
+    from .. import preview as drawing
+    from ..images import decode_image
+
+    try:
+        analyzer = face_analyzer()
+        images = [(decode_image(f, "face_image"), f"face photo {i + 1}") for i, f in enumerate(face_files or [])]
+        if pose_image is not None:
+            images.append((decode_image(pose_image, "pose_image"), "pose photo"))
+        if not images:
+            return [], "Upload a face photo first."
+        found = [drawing.detect(analyzer, image, int(face_index or 0), what) for image, what in images]
+    except InstantIDError as e:
+        return [], in_panel_words(str(e))
+    return [d.image for d in found], "\n\n".join(d.message for d in found)
