@@ -20,8 +20,8 @@ from .models import catalog
 from .models.adapter import FaceAdapter
 from .models.identitynet import IdentityNet
 from .models.loading import ModelCache, load_adapter, load_identitynet
-from .session import Schedule
-from .unet_hooks import CallInfoSource, InstantIDHooks, unet_architecture
+from .session import Schedule, Session
+from .unet_hooks import CallInfoSource, InstantIDHooks, check_compatible, cross_attention_layers, unet_architecture
 
 CPU = torch.device("cpu")
 MODEL_CACHE = ModelCache(capacity=2)
@@ -68,10 +68,20 @@ class Job:
     def hooks(self, unet: torch.nn.Module, call_info: CallInfoSource,
               keypoints_for: Callable[[int, int, int], np.ndarray],
               identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> InstantIDHooks:
+        """PyTorch hooks on `unet` (the A1111 host): they ask `call_info` about each UNet call's rows and step."""
+        return InstantIDHooks(unet, self.tokens, call_info, **self._session_parts(keypoints_for, identitynet_scope))
+
+    def session(self, unet: torch.nn.Module, keypoints_for: Callable[[int, int, int], np.ndarray]) -> Session:
+        """What each call of `unet` needs (the Forge host applies it with its own patches and ControlNet chain)."""
+        check_compatible(unet_architecture(unet), self.adapter, self.identitynet)
+        heads = [layer.heads for layer in cross_attention_layers(unet)]
+        return Session(self.tokens, heads, **self._session_parts(keypoints_for, contextlib.nullcontext))
+
+    def _session_parts(self, keypoints_for: Callable[[int, int, int], np.ndarray],
+                       identitynet_scope: Callable[[], AbstractContextManager]) -> dict:
         a = self.args
         hint = None if self.identitynet is None else HintFeatures(self.identitynet, keypoints_for, CONDITIONING)
-        return InstantIDHooks(
-            unet, self.tokens, call_info,
+        return dict(
             adapter=self.adapter, adapter_schedule=Schedule(a.adapter_weight, a.adapter_start, a.adapter_end),
             identitynet=self.identitynet,
             identitynet_schedule=Schedule(a.identitynet_weight, a.identitynet_start, a.identitynet_end),
@@ -91,7 +101,8 @@ def prepare_job(args: InstantIDArgs, identity: Identity, models: list[catalog.Mo
     """Choose and load the models for this UNet and project the face. Raises with a clear message on any misfit.
 
     The adapter stays on the CPU in its file's dtype: only its tokens and per-layer K/V (megabytes) are made on
-    `device`. The IdentityNet is placed on `identitynet_device` (default `device`) in `dtype`."""
+    `device`. The IdentityNet is in `dtype` on `identitynet_device`; None leaves it where the host's memory manager
+    put it (Forge moves it with the UNet), on the CPU when first loaded."""
     shape = unet_architecture(unet)
     adapter_entry = catalog.choose(models, catalog.ADAPTER, args.adapter_model, shape, "adapter_model")
     identitynet_entry = None
@@ -101,6 +112,6 @@ def prepare_job(args: InstantIDArgs, identity: Identity, models: list[catalog.Mo
     adapter = MODEL_CACHE.get(adapter_entry.path, load_adapter, CPU, None)
     identitynet = None
     if identitynet_entry is not None:
-        identitynet = MODEL_CACHE.get(identitynet_entry.path, load_identitynet, identitynet_device or device, dtype)
+        identitynet = MODEL_CACHE.get(identitynet_entry.path, load_identitynet, identitynet_device, dtype)
     tokens = CONDITIONING.tokens(adapter, identity.embedding, device, dtype)
     return Job(args, identity, adapter_entry, identitynet_entry, adapter, identitynet, tokens)

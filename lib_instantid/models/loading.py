@@ -123,7 +123,7 @@ def _release_mapped(tensor: torch.Tensor) -> None:
         mapped.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
-def place(model: nn.Module, device: torch.device, dtype: torch.dtype | None = None) -> None:
+def place(model: nn.Module, device: torch.device | None, dtype: torch.dtype | None = None) -> None:
     """`model.to(device, dtype)` (dtype None: kept), tensor by tensor, giving back each memory-mapped source as soon as
     its converted copy replaces it: the peak stays near the converted size instead of source + copy."""
 
@@ -343,8 +343,10 @@ class ModelCache:
         self._entries: OrderedDict[tuple, tuple[nn.Module, tuple]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: Path, loader: Callable[[Path], M], device: torch.device, dtype: torch.dtype | None) -> M:
-        """The model of this file on `device` in `dtype` (None: the file's own)."""
+    def get(self, path: Path, loader: Callable[[Path], M], device: torch.device | None,
+            dtype: torch.dtype | None) -> M:
+        """The model of this file on `device` in `dtype` (None: the file's own). Device None: wherever it is (the
+        loader's CPU at first), for a host whose memory manager moves it."""
         key = (_file_identity(Path(path)), loader.__name__)
         target = (device, dtype)
         with self._lock:
@@ -379,9 +381,10 @@ def resolved(device: torch.device) -> torch.device:
     return torch.empty(0, device=device).device
 
 
-def _still_placed(model: nn.Module, device: torch.device, dtype: torch.dtype | None) -> bool:
+def _still_placed(model: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> bool:
     first = next(model.parameters(), None)
-    return first is None or (first.device == resolved(device) and (dtype is None or first.dtype == dtype))
+    return first is None or ((device is None or first.device == resolved(device))
+                             and (dtype is None or first.dtype == dtype))
 
 
 def _file_identity(path: Path) -> tuple[str, int, int]:
