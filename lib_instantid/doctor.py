@@ -1,5 +1,6 @@
-"""`python -m lib_instantid.doctor [--webui DIR] [--face PHOTO] [--out PATH]`: what InstantID needs, what is there,
-and how to fix what is not — one line per check, OK / MISSING / PROBLEM.
+"""`python -m lib_instantid.doctor [--webui DIR] [--face PHOTO] [--out PATH] [--download [--yes]]`: what InstantID
+needs, what is there, and how to fix what is not — one line per check, OK / MISSING / PROBLEM. With --download it
+then offers the missing model files, shows their licences, fetches them when the user agrees, and checks again.
 
 It must run where things are missing (no WebUI, no insightface, even no torch): package versions are read from
 the installed metadata without importing them, and each check imports what it needs itself and reports a failed
@@ -25,6 +26,7 @@ from .errors import InstantIDError, ModelError
 if TYPE_CHECKING:  # only for annotations: importing these needs the packages the checks look for
     import torch
 
+    from .downloads import Download
     from .face import DetectedFace, FaceAnalyzer
     from .models.catalog import ModelEntry
 
@@ -343,6 +345,52 @@ def _face_finding(index: int, face: DetectedFace) -> Finding:
     return Finding(OK, f"face #{index + 1}", f"{x2 - x1}x{y2 - y1} px at ({x1}, {y1}), score {face.score:.2f}{chosen}")
 
 
+# --- fetching what is missing -----------------------------------------------------------------------------------
+
+# Subjects of the findings a download can fix.
+DOWNLOADABLE = ("face adapter", "IdentityNet", "matching pair", "antelopev2 face models")
+
+
+def download_missing(webui: Path, assume_yes: bool) -> list[Finding]:
+    """Offer the model files the WebUI lacks for SDXL (the published release), with their licences; fetch them
+    once the user agrees (`assume_yes`: without asking). The transfer shows the download library's progress bar."""
+    try:
+        from . import downloads
+        from .face import webui_antelopev2_roots
+    except ImportError as error:
+        return [Finding(PROBLEM, "download", f"not possible: {error} (see the package lines above)")]
+    models = webui / "models"
+    wanted = downloads.missing(models, webui_antelopev2_roots(models, webui / "extensions"))
+    if not wanted:
+        return [Finding(OK, "download", "nothing to download: the SDXL models and the face models are in place")]
+    _print_offer(downloads, wanted)
+    question = f"Download {len(wanted)} file(s), {downloads.human_size(downloads.total_size(wanted))}? [y/N] "
+    if not assume_yes and not _agreed(question):
+        return [Finding(MISSING, "download", "declined: nothing was downloaded")]
+    try:
+        placed = downloads.download(wanted)
+    except InstantIDError as error:
+        return [Finding(PROBLEM, "download", str(error))]
+    return [Finding(OK, d.name, f"downloaded and verified: {path}") for d, path in zip(wanted, placed)]
+
+
+def _print_offer(downloads: ModuleType, wanted: list[Download]) -> None:
+    print("\nMissing model files that can be downloaded:")
+    for d in wanted:
+        size = downloads.human_size(d.file.size) if d.file.size else "a few kB"
+        print(f"  {d.name}  ({size}, from https://huggingface.co/{d.file.repo})")
+    print("Licences:")
+    for notice in downloads.licences(wanted):
+        print(f"  - {notice}")
+
+
+def _agreed(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:  # no terminal to answer from
+        return False
+
+
 # --- the command -----------------------------------------------------------------------------------------------
 
 
@@ -356,6 +404,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--face", metavar="PHOTO", type=Path, help="find the faces in this photo")
     parser.add_argument("--out", metavar="PATH", type=Path,
                         help="where to write the face overlay (default: <photo>-instantid.png beside the photo)")
+    parser.add_argument("--download", action="store_true",
+                        help="offer to download the missing model files (from Hugging Face), then check again")
+    parser.add_argument("--yes", action="store_true", help="with --download: download without asking")
     return parser.parse_args(argv)
 
 
@@ -393,11 +444,20 @@ def _print(findings: list[Finding]) -> list[Finding]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the checks; 0 when everything needed is present, 1 otherwise."""
-    findings = run_checks(parse_args(argv))
+    """Print the checks (with --download: fetch what is missing, then check again); 0 when everything needed is
+    present, 1 otherwise."""
+    args = parse_args(argv)
+    findings = run_checks(args)
+    webui = locate_webui(args.webui)[1]
+    if args.download and webui is not None:
+        _print(download_missing(webui, args.yes))
+        print("\nChecking again:")
+        findings = run_checks(args)
     failed = [f for f in findings if f.status != OK]
     if failed:
         print(f"\n{len(failed)} check(s) need attention: fix the MISSING / PROBLEM lines above, then run this again.")
+        if not args.download and webui is not None and any(f.subject in DOWNLOADABLE for f in failed):
+            print("Missing model files can be downloaded with `python -m lib_instantid.doctor --download`.")
         return 1
     print("\nEverything InstantID needs is in place.")
     return 0

@@ -30,3 +30,7 @@ class SetupError(InstantIDError):
     """The installation is incomplete (face models, packages); fixed by the server's owner, not per request."""
 
     default_status = 500
+
+
+class DownloadError(SetupError):
+    """A model file could not be fetched or verified; the message names the file, the URL and what to do."""

@@ -72,7 +72,8 @@ def find_antelopev2(*models_roots: Path) -> Path:
     searched = "; ".join(f"{folder} lacks {', '.join(_missing_files(folder))}" for folder in candidates)
     raise SetupError(
         f"The antelopev2 face models were not found ({searched}). "
-        f"Put {' and '.join(ANTELOPEV2_FILES)} in {candidates[0]} — see models.md."
+        f"Put {' and '.join(ANTELOPEV2_FILES)} in {candidates[0]} — see models.md — or use the InstantID panel's "
+        "*Download missing models* button (or `python -m lib_instantid.doctor --download`)."
     )
 
 

@@ -48,6 +48,11 @@ register(script_callbacks.on_before_ui, webui_xyz.add_axes, "instantid_xyz")
 register(script_callbacks.on_script_unloaded, webui.release_all, "instantid_unload")
 
 
+def download_missing(progress=gr.Progress()):
+    """The Download button's handler; gradio feeds the progress bar through the `gr.Progress` default."""
+    return webui.download_missing(progress)
+
+
 class InstantIDScript(scripts.Script):
     def title(self) -> str:
         return "InstantID"
@@ -72,14 +77,20 @@ class InstantIDScript(scripts.Script):
                 identitynet = self._model_dropdown("identitynet_model", spec)
                 adapter = self._model_dropdown("adapter_model", spec)
                 refresh = ToolButton("\U0001f504", elem_id=self.elem_id("refresh"))
+            notice = webui.missing_notice()
+            missing = gr.Markdown(notice, visible=bool(notice), elem_id=self.elem_id("missing"))
+            download = gr.Button("Download missing models", visible=bool(notice), elem_id=self.elem_id("download"))
             sliders = {name: self._number(name, spec) for name in (
                 "identitynet_weight", "adapter_weight", "identitynet_start", "identitynet_end",
                 "adapter_start", "adapter_end", "face_index")}
             gr.HTML(self._hints(spec))
+        models = [identitynet, adapter, missing, download]
         for event in (refresh.click, identitynet.focus, adapter.focus):
-            event(webui.refreshed_choices, outputs=[identitynet, adapter])
+            event(webui.refreshed_choices, outputs=models)
+        download.click(download_missing, outputs=models)
         index = sliders["face_index"]
-        preview_button.click(webui.preview, inputs=[face, pose, index], outputs=[preview, message])
+        preview_button.click(webui.preview, inputs=[face, pose, index], outputs=[preview, message]).then(
+            webui.download_offer, outputs=[missing, download])  # Preview may have found the face models missing
         components = {"enabled": enabled, "face_image": face, "pose_image": pose, "identitynet_model": identitynet,
                       "adapter_model": adapter, **sliders}
         # Every setting goes by a name of its own, which Send to img2img/inpaint matches and pasted infotext
@@ -93,6 +104,7 @@ class InstantIDScript(scripts.Script):
         hints = {self.elem_id(name): s.help for name, (s, _) in spec.items() if s.help and name != "enabled"}
         hints[self.elem_id("preview")] = "Run the face analysis and show the face box and keypoints that will be used."
         hints[self.elem_id("refresh")] = "Look for newly installed models."
+        hints[self.elem_id("download")] = "Fetch the missing model files from Hugging Face (verified, resumable)."
         return f"<div hidden data-instantid-hints='{html.escape(json.dumps(hints), quote=True)}'></div>"
 
     def _model_dropdown(self, name: str, spec: dict) -> gr.Dropdown:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from tests.fixtures import tiny_models as tm
+from tests.fixtures.fake_hub import hub, panel_hub, published  # noqa: F401  (fixtures)
 from tests.forge_jobs import (  # noqa: F401  (fixtures)
     EXTENSION_SCRIPT, api_job, b64, decode, face, forge, generate, models_root, photo, pixels, positional, ui, unets,
 )
@@ -404,3 +405,115 @@ def test_the_compute_dtype_is_the_hosts(ui, face):
         assert next(job.identitynet.parameters()).dtype == torch.bfloat16
     finally:
         p.sd_model.forge_objects.unet.model.computation_dtype = torch.float32
+
+
+def _hires_checkpoint(ui, unet):
+    """A built-in script that loads another checkpoint for the hires pass, as Forge's Hires checkpoint does."""
+    from modules import scripts
+
+    class HiresCheckpoint(scripts.Script):
+        def title(self):
+            return "Hires checkpoint"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def before_hr(self, p, *args):
+            ui.set_model(unet, "sdxl", name="tiny-sdxl-hires.safetensors")
+
+    ui.reload_scripts(EXTENSION_SCRIPT, builtin_classes=[HiresCheckpoint])
+
+
+def patched_unets(monkeypatch) -> list:
+    """The (tiny) UNet of every UNet patcher InstantID patches."""
+    from lib_instantid.hosts import forge as host
+
+    unets, patched = [], host.patched
+
+    def recording(unet_patcher, *args):
+        unets.append(unet_patcher.model.diffusion_model.source_unet)
+        return patched(unet_patcher, *args)
+
+    monkeypatch.setattr(host, "patched", recording)
+    return unets
+
+
+def test_a_hires_checkpoint_that_fits_gets_instantid_too(ui, face, monkeypatch):
+    from modules import shared
+
+    first_unet, hires_unet = shared.sd_model.unet, tm.tiny_unet("sdxl", seed=5)
+    _hires_checkpoint(ui, hires_unet)
+    patched = patched_unets(monkeypatch)
+    result = generate(ui, instantid=on(face), enable_hr=True, hr_scale=2.0, steps=2)
+    assert not ui.reported(), ui.reported()
+    assert result.p.sd_model.unet is hires_unet
+    assert patched[0] is first_unet and patched[-1] is hires_unet
+    assert "without InstantID" not in result.processed.infotexts[0]
+
+
+def test_a_hires_checkpoint_without_fitting_models_runs_plain_and_the_infotext_says_so(ui, face, monkeypatch):
+    from lib_instantid.errors import ModelError
+    from lib_instantid.hosts import forge as host
+
+    hires_unet = tm.tiny_unet("sdxl", seed=5)
+    _hires_checkpoint(ui, hires_unet)
+    job_for = host.ForgeRun._job_for
+
+    def no_models_for_the_hires_unet(run, model):
+        if model.diffusion_model.source_unet is hires_unet:
+            raise ModelError("no installed face adapter fits")
+        return job_for(run, model)
+
+    monkeypatch.setattr(host.ForgeRun, "_job_for", no_models_for_the_hires_unet)
+    patched = patched_unets(monkeypatch)
+    from modules import shared
+
+    first_unet = shared.sd_model.unet
+    result = generate(ui, instantid=on(face), enable_hr=True, hr_scale=2.0, steps=2)
+    assert not ui.reported(), ui.reported()
+    assert "Hires checkpoint: without InstantID (no fitting models)" in result.processed.infotexts[0]
+    assert patched and all(unet is first_unet for unet in patched)  # never the hires checkpoint's
+
+
+def test_a_failure_while_patching_stops_the_job_with_its_message(ui, face, monkeypatch):
+    from lib_instantid.errors import ModelError
+    from lib_instantid.hosts import forge as host
+
+    def failing(*args):
+        raise ModelError("the patch could not be made")
+
+    monkeypatch.setattr(host, "patched", failing)
+    with pytest.raises(Exception, match="the patch could not be made"):
+        generate(ui, instantid=on(face))
+    assert not ui.reported()
+
+
+def test_the_identitynet_leaves_the_gpu_under_memory_pressure(ui, face):
+    from backend import memory_management
+
+    generate(ui, instantid=on(face))
+    assert any(type(m.model.model).__name__ == "IdentityNet" for m in memory_management.current_loaded_models)
+    from modules import shared
+
+    unet_bytes = memory_management.module_size(shared.sd_model.forge_objects.unet.model)
+    memory_management.set_total_vram(unet_bytes + memory_management.minimum_inference_memory())
+    generate(ui)
+    assert not any(type(m.model.model).__name__ == "IdentityNet" for m in memory_management.current_loaded_models)
+
+
+def test_the_panel_offers_what_is_missing_and_downloads_it_on_forge(forge, unets, tmp_path, panel_hub, monkeypatch):
+    from modules import shared
+
+    monkeypatch.setattr(shared, "models_path", str(tmp_path))
+    forge.set_model(unets["sdxl"], "sdxl")
+    forge.load_extension(EXTENSION_SCRIPT)
+    script = forge.runner().script("InstantID")
+    download_missing = type(script).ui.__globals__["download_missing"]
+    reports = []
+    identitynet, adapter, notice, button = download_missing(lambda fraction, desc=None: reports.append(fraction))
+    assert reports[-1] == 1.0 and notice["visible"] is False and button["visible"] is False
+    assert any(c.startswith("instantid/ip-adapter.bin") for c in adapter["choices"])
+    assert "InstantID:" in generate(forge, instantid=positional(enabled=True, face_image=[photo()])).processed.infotexts[0]
+    from lib_instantid.hosts import forge as forge_host
+
+    forge_host.release_models()

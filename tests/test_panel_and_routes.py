@@ -24,6 +24,7 @@ from lib_instantid.images import PhotoFile
 from lib_instantid.keypoints import Placement
 from modules import shared
 from tests.fixtures.face_models import expected_face, paint_marker
+from tests.fixtures.fake_hub import hub, panel_hub, published  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`estimate` is deprecated:FutureWarning")
 
@@ -209,3 +210,53 @@ def test_panel_messages_use_the_panels_labels_and_the_api_its_field_names(ui):
     response = ui.api_client().post("/sdapi/v1/txt2img", json={
         "prompt": "a", "steps": 3, **SIZE, "alwayson_scripts": {"InstantID": {"args": [{"enabled": True}]}}})
     assert response.status_code == 422 and "face_image is missing" in response.json()["detail"]
+
+
+# --- downloading what is missing ----------------------------------------------------------------------------
+
+def ui_component(demo, suffix):
+    return next(b for b in demo.blocks.values() if (getattr(b, "elem_id", None) or "").endswith(suffix))
+
+
+def test_the_panel_offers_what_is_missing_and_downloads_it_with_progress(webui, unets, tmp_path, panel_hub):
+    models = tmp_path / "models"
+    models.mkdir()
+    webui.set_models_path(models)
+    webui.set_model(unets["sdxl"], "sdxl")
+    webui.load_extension(EXTENSION_SCRIPT, build_ui=False)
+    demo = webui.build_ui()
+    notice, button = ui_component(demo, "_instantid_missing"), ui_component(demo, "_instantid_download")
+    assert notice.visible and button.visible
+    for text in ("instantid/ip-adapter.bin", "insightface/models/antelopev2/glintr100.onnx",
+                 "research purposes only", "non-commercial"):
+        assert text in notice.value, text  # the licences are shown before anything is fetched
+
+    reports = []
+
+    def progress(fraction, desc=None):
+        reports.append((fraction, desc))
+
+    download_missing = type(script(webui)).ui.__globals__["download_missing"]
+    identitynet, adapter, notice_update, button_update = download_missing(progress)
+    assert reports and reports[-1][0] == 1.0 and " of " in reports[-1][1]
+    assert any(c.startswith("instantid/ip-adapter.bin") for c in adapter["choices"])
+    assert any(c.startswith("instantid/ControlNetModel") for c in identitynet["choices"])
+    assert notice_update["visible"] is False and button_update["visible"] is False
+    # the next job uses the files without a restart, and a second click fetches nothing
+    assert "InstantID:" in generate(webui, instantid=positional(**ON)).processed.infotexts[0]
+    gets = len(panel_hub.requests)
+    download_missing(progress)
+    assert len(panel_hub.requests) == gets
+    a1111.release_models()
+
+
+def test_a_failed_download_tells_the_panel_why(webui, unets, tmp_path, panel_hub):
+    import gradio as gr
+
+    webui.set_models_path(tmp_path)
+    webui.set_model(unets["sdxl"], "sdxl")
+    webui.load_extension(EXTENSION_SCRIPT)
+    panel_hub.files.clear()  # the hub has none of the files
+    download_missing = type(script(webui)).ui.__globals__["download_missing"]
+    with pytest.raises(gr.Error, match="was not found at .*404.*models.md"):
+        download_missing(lambda *a, **k: None)

@@ -18,6 +18,7 @@ import torch
 
 from modules import shared
 
+from .. import downloads
 from ..args import AUTOMATIC, InstantIDArgs, in_panel_words
 from ..errors import InstantIDError
 from ..face import FaceAnalyzer, choose_face, find_antelopev2, webui_antelopev2_roots
@@ -26,7 +27,6 @@ from ..models.architecture import Architecture
 from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, analyse_identity
 from ..unet_hooks import unet_architecture
 from . import poses as posing
-
 
 class InstantID(RuntimeError):
     """What a job with InstantID stops with in the panel: the WebUI shows the class name, then the message."""
@@ -188,10 +188,60 @@ def model_choices(kind: str) -> list[str]:
     return [AUTOMATIC] + [catalog.choice_label(e, unet) for e in installed_models() if e.kind == kind]
 
 
-def refreshed_choices() -> tuple[dict, dict]:
+def refreshed_choices() -> tuple[dict, dict, dict, dict]:
+    """The two dropdowns' choices, and the offer of what is missing (its text and the Download button)."""
     import gradio as gr
 
-    return (gr.update(choices=model_choices(catalog.IDENTITYNET)), gr.update(choices=model_choices(catalog.ADAPTER)))
+    return (gr.update(choices=model_choices(catalog.IDENTITYNET)), gr.update(choices=model_choices(catalog.ADAPTER)),
+            *download_offer())
+
+
+def missing_downloads() -> list[downloads.Download]:
+    """The published files the loaded checkpoint's family needs and the models folders lack (SDXL when no
+    checkpoint is loaded)."""
+    unet = loaded_architecture()
+    context_dim = unet.context_dim if unet is not None else downloads.SDXL_CONTEXT
+    return downloads.missing(models_path(), antelopev2_roots(), context_dim)
+
+
+def missing_notice() -> str:
+    """The panel's notice of what is missing, with the licences (shown before anything is fetched); empty when
+    nothing is."""
+    wanted = missing_downloads()
+    if not wanted:
+        return ""
+    files = ", ".join(f"`{d.name}`" + (f" ({downloads.human_size(d.file.size)})" if d.file.size else "")
+                      for d in wanted)
+    return (f"**Missing:** {files}. *Download missing models* fetches them from Hugging Face "
+            f"({downloads.human_size(downloads.total_size(wanted))}), or place them by hand as models.md says. "
+            + " ".join(downloads.licences(wanted)))
+
+
+def download_offer() -> tuple[dict, dict]:
+    """Updates of the notice and of the Download button, which is visible only while something is missing."""
+    import gradio as gr
+
+    notice = missing_notice()
+    return gr.update(value=notice, visible=bool(notice)), gr.update(visible=bool(notice))
+
+
+def download_missing(progress=None) -> tuple[dict, dict, dict, dict]:
+    """The panel's Download button: fetch what is missing with a progress bar (bytes, speed, time left), then the
+    dropdowns and the offer as they now are. A second click while a download runs joins it instead of starting
+    another. Fails with the download's message."""
+    import gradio as gr
+
+    label = downloads.ProgressLabel()
+
+    def report(done: int, total: int, name: str) -> None:
+        if progress is not None:  # the console has the download library's own bar
+            progress(done / total if total else 1.0, desc=f"{name}: {label(done, total)}")
+
+    try:
+        downloads.download(missing_downloads(), report)
+    except InstantIDError as e:
+        raise gr.Error(in_panel_words(str(e))) from e
+    return refreshed_choices()
 
 
 def choice_for(kind: str, name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..args import CHOICE_SEPARATOR
 from ..errors import ModelError
 from .architecture import Architecture, adapter_architecture, identitynet_architecture
-from .loading import SEE_MODELS, IDENTITYNET_WEIGHTS, check_adapter_weights, check_identitynet_weights, read_pickle
+from .loading import FETCH_HINT, SEE_MODELS, IDENTITYNET_WEIGHTS, check_adapter_weights, check_identitynet_weights, read_pickle
 
 IDENTITYNET, ADAPTER = "identitynet", "adapter"
 LABELS = {IDENTITYNET: "IdentityNet", ADAPTER: "face adapter"}
@@ -203,8 +203,9 @@ def choose(entries: list[ModelEntry], kind: str, name: str, unet: Architecture, 
     if fitting:
         return fitting[0]
     others = "; ".join(f"{e.name} ({e.describe()})" for e in of_kind) or "none"
+    fetch = f" {FETCH_HINT}" if unet.family == "SDXL" else ""
     raise ModelError(f"No installed {label} fits the loaded checkpoint, {unet.describe_unet()}. Installed: {others}. "
-                     f"{SEE_MODELS}", field=field)
+                     f"{SEE_MODELS}{fetch}", field=field)
 
 
 def _named(of_kind: list[ModelEntry], name: str, label: str, field: str) -> ModelEntry:

@@ -30,6 +30,9 @@ FACE_EMBEDDING_DIM = 512
 IDENTITYNET_FOLDER = "ControlNetModel"
 IDENTITYNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 SEE_MODELS = "See models.md for the files InstantID needs and where to put them."
+# For what is missing altogether: the published SDXL files can be fetched.
+FETCH_HINT = ("The InstantID panel's *Download missing models* button, or `python -m lib_instantid.doctor "
+              "--download`, fetches the published SDXL files.")
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
