@@ -71,6 +71,10 @@ class InstantIDArgs:
     face_index: int = setting(0, Spec(
         "Face index", int, minimum=0, maximum=99, infotext="Face index",
         help="Which face when a photo shows several: 0 is the largest, 1 the next largest, ..."))
+    uncond_noise: float = setting(0.0, Spec(
+        "Uncond noise", infotext="Uncond noise",
+        help="Anti-burn: the unconditional face is made from noise of this amplitude instead of zeros. Try 0.3-0.5 "
+             "when images look burnt or over-contrasted at CFG 5 and above; 0 is the paper's.", **FRACTION))
 
     @staticmethod
     def requested(args: Sequence[Any]) -> bool:

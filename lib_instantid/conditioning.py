@@ -2,6 +2,7 @@
 store that keeps them across jobs."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 import weakref
@@ -25,7 +26,8 @@ UNCOND, COND = 0, 1  # row indices into every [2, ...] tensor below
 
 @dataclass(frozen=True)
 class FaceTokens:
-    """Projected face tokens: [2, N, C], row UNCOND = R(0) (not zeros), row COND = R(embedding)."""
+    """Projected face tokens: [2, N, C], row UNCOND = R(0) (not zeros; R(noise) with uncond_noise), row COND =
+    R(embedding)."""
 
     both: torch.Tensor
 
@@ -34,12 +36,25 @@ class FaceTokens:
         return self.both.index_select(0, row_kind)
 
 
+def uncond_embedding(embedding: np.ndarray, noise: float) -> np.ndarray:
+    """What the unconditional rows' tokens are projected from: zeros (the paper), or with `noise` > 0 uniform noise
+    of that amplitude (ComfyUI_InstantID's remedy for burnt images at higher CFG), seeded by the embedding itself so
+    a job is repeatable."""
+    e = np.ascontiguousarray(embedding, dtype=np.float32)
+    if noise == 0:
+        return np.zeros_like(e)
+    seed = int.from_bytes(hashlib.sha256(e.tobytes()).digest()[:8], "little")
+    return (np.random.default_rng(seed).random(e.shape, dtype=np.float32) * np.float32(noise)).astype(np.float32)
+
+
 @torch.no_grad()
-def project_face(adapter: FaceAdapter, embedding: np.ndarray, device: torch.device, dtype: torch.dtype) -> FaceTokens:
+def project_face(adapter: FaceAdapter, embedding: np.ndarray, device: torch.device, dtype: torch.dtype,
+                 uncond_noise: float = 0.0) -> FaceTokens:
     """Both rows of tokens, computed on `device` in `dtype` wherever the adapter's weights are kept (its copies
     there are made for the call only: the adapter need not live on the GPU)."""
     e = torch.as_tensor(np.asarray(embedding, dtype=np.float32)).reshape(1, 1, -1)
-    inputs = torch.cat([torch.zeros_like(e), e]).to(device, dtype)
+    u = torch.as_tensor(uncond_embedding(embedding, uncond_noise)).reshape(1, 1, -1)
+    inputs = torch.cat([u, e]).to(device, dtype)
     proj = adapter.image_proj
     weights = {name: t.to(device, dtype) for name, t in itertools.chain(proj.named_parameters(), proj.named_buffers())}
     return FaceTokens(torch.func.functional_call(proj, weights, (inputs,)))
@@ -113,11 +128,11 @@ class ConditioningStore:
                 entries.popitem(last=False)
         return value
 
-    def tokens(self, adapter: FaceAdapter, embedding: np.ndarray, device: torch.device,
-               dtype: torch.dtype) -> FaceTokens:
+    def tokens(self, adapter: FaceAdapter, embedding: np.ndarray, device: torch.device, dtype: torch.dtype,
+               uncond_noise: float = 0.0) -> FaceTokens:
         e = np.ascontiguousarray(embedding, dtype=np.float32)
-        return self._get(adapter, ("tokens", e.tobytes(), str(device), dtype),
-                         lambda: project_face(adapter, e, device, dtype))
+        return self._get(adapter, ("tokens", e.tobytes(), uncond_noise, str(device), dtype),
+                         lambda: project_face(adapter, e, device, dtype, uncond_noise))
 
     def face_kv(self, adapter: FaceAdapter, tokens: FaceTokens, heads: list[int]) -> list[LayerKV]:
         key = ("face_kv", id(tokens), tuple(heads))

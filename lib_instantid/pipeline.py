@@ -113,5 +113,5 @@ def prepare_job(args: InstantIDArgs, identity: Identity, models: list[catalog.Mo
     identitynet = None
     if identitynet_entry is not None:
         identitynet = MODEL_CACHE.get(identitynet_entry.path, load_identitynet, identitynet_device, dtype)
-    tokens = CONDITIONING.tokens(adapter, identity.embedding, device, dtype)
+    tokens = CONDITIONING.tokens(adapter, identity.embedding, device, dtype, args.uncond_noise)
     return Job(args, identity, adapter_entry, identitynet_entry, adapter, identitynet, tokens)

@@ -82,7 +82,7 @@ class InstantIDScript(scripts.Script):
             download = gr.Button("Download missing models", visible=bool(notice), elem_id=self.elem_id("download"))
             sliders = {name: self._number(name, spec) for name in (
                 "identitynet_weight", "adapter_weight", "identitynet_start", "identitynet_end",
-                "adapter_start", "adapter_end", "face_index")}
+                "adapter_start", "adapter_end", "face_index", "uncond_noise")}
             gr.HTML(self._hints(spec))
         models = [identitynet, adapter, missing, download]
         for event in (refresh.click, identitynet.focus, adapter.focus):

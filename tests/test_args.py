@@ -25,7 +25,7 @@ def test_defaults_are_the_documented_contract():
     assert defaults == {
         "enabled": False, "face_image": (), "pose_image": None, "identitynet_model": "", "adapter_model": "",
         "identitynet_weight": 0.8, "adapter_weight": 0.8, "identitynet_start": 0.0, "identitynet_end": 1.0,
-        "adapter_start": 0.0, "adapter_end": 1.0, "face_index": 0,
+        "adapter_start": 0.0, "adapter_end": 1.0, "face_index": 0, "uncond_noise": 0.0,
     }
 
 
@@ -95,8 +95,9 @@ def test_bad_values_are_refused_naming_the_field(values, field, words):
 
 
 def test_too_many_positional_values_are_refused():
-    with pytest.raises(InstantIDError, match="takes 12 arguments"):
-        InstantIDArgs.from_script_args([False] * 13)
+    count = len(fields(InstantIDArgs))
+    with pytest.raises(InstantIDError, match=f"takes {count} arguments"):
+        InstantIDArgs.from_script_args([False] * (count + 1))
 
 
 def test_enabled_without_a_face_is_not_ready():
@@ -118,7 +119,7 @@ def test_infotext_round_trip_records_settings_not_images():
         "enabled": True, "face_image": png_base64(), "identitynet_model": "instantid/Control, Net: v2",
         "adapter_model": "ControlNet/ip-adapter_instant_id_sdxl.bin", "identitynet_weight": 0.65,
         "adapter_weight": 1.25, "identitynet_start": 0.1, "identitynet_end": 0.9, "adapter_end": 0.75,
-        "face_index": 2,
+        "face_index": 2, "uncond_noise": 0.35,
     })
     text = args.infotext({"Face": "#3 by size of 4"})
     assert "base64" not in text and "iVBOR" not in text

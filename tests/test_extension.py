@@ -368,3 +368,15 @@ def test_preview_button_shows_the_detected_face_or_says_what_to_try(ui):
     overlays, message = webui_host.preview([], blank, 0)
     assert "No face found in the pose photo" in message
     assert webui_host.preview(None, None, 0) == ([], "Upload a face photo first.")
+
+
+def test_uncond_noise_changes_only_the_uncond_face_and_is_recorded(ui):
+    client = ui.api_client()
+    plain = api_job(client, [{"enabled": True, "face_image": b64(photo())}], cfg_scale=6)
+    noisy = api_job(client, [{"enabled": True, "face_image": b64(photo()), "uncond_noise": 0.4}], cfg_scale=6)
+    assert noisy.status_code == 200 and "Uncond noise: 0.4" in noisy.json()["info"]
+    assert np.abs(decode(noisy) - decode(plain)).max() > 0
+    # CFG 1 has no uncond rows: the noise has nothing to act on
+    assert np.array_equal(
+        decode(api_job(client, [{"enabled": True, "face_image": b64(photo()), "uncond_noise": 0.4}], cfg_scale=1)),
+        decode(api_job(client, [{"enabled": True, "face_image": b64(photo())}], cfg_scale=1)))

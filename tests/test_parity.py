@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,10 +71,11 @@ def case(kind, weight_files) -> Case:
 
 
 def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, rows=ROWS, embedding=None,
-               keypoints=None, identitynet=None, x_slice=slice(None), row_images=None) -> torch.Tensor:
+               keypoints=None, identitynet=None, x_slice=slice(None), row_images=None,
+               uncond_noise=0.0) -> torch.Tensor:
     """`keypoints`: one pose for every row, or with `row_images` a list of poses indexed by image."""
     tokens = project_face(case.adapter, case.embedding if embedding is None else embedding,
-                          torch.device("cpu"), torch.float32)
+                          torch.device("cpu"), torch.float32, uncond_noise)
     kps = case.keypoints if keypoints is None else keypoints
     net = case.identitynet if identitynet is None else identitynet
     hooks = InstantIDHooks(
@@ -92,12 +94,14 @@ def keypoint_image(keypoints: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(draw_keypoints(keypoints, (SIZE, SIZE))).permute(2, 0, 1)[None].float() / 255
 
 
-def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float, hint=None) -> torch.Tensor:
+def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float, hint=None,
+                  uncond_embedding=None) -> torch.Tensor:
     """`hint`: the keypoint image of every row [B or 1, 3, H, W]; default the case's keypoints."""
     hint = keypoint_image(case.keypoints) if hint is None else hint
     return tm.reference_eps(
         case.reference, case.x, case.t, case.text, torch.from_numpy(case.embedding),
         [r == COND for r in ROWS], hint, adapter_weight, identitynet_weight, y=case.y_parts,
+        uncond_embedding=uncond_embedding,
     )
 
 
@@ -108,6 +112,19 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("weights", [(0.8, 0.8), (0.8, 0.0), (0.0, 0.8), (1.7, 0.3)])
 def test_matches_the_diffusers_reference(case, weights):
     assert relative_error(hooked_eps(case, *weights), reference_eps(case, *weights)) <= TOLERANCE
+
+
+def test_uncond_noise_matches_the_reference_formula(case):
+    """Anti-burn: the uncond rows of both paths get R(a·u), u uniform in [0, 1) from a generator seeded by the
+    embedding's bytes (the formula, written out here independently of conditioning.uncond_embedding)."""
+    amplitude = 0.4
+    e = np.ascontiguousarray(case.embedding, dtype=np.float32)
+    seed = int.from_bytes(hashlib.sha256(e.tobytes()).digest()[:8], "little")
+    noise = torch.from_numpy(np.random.default_rng(seed).random(512, dtype=np.float32)) * amplitude
+    ours = hooked_eps(case, 0.8, 0.8, uncond_noise=amplitude)
+    assert relative_error(ours, reference_eps(case, 0.8, 0.8, uncond_embedding=noise)) <= TOLERANCE
+    assert relative_error(ours, reference_eps(case, 0.8, 0.8)) > 1e-3  # the noise changes the uncond rows' output
+    assert relative_error(hooked_eps(case, 0.8, 0.8, uncond_noise=0.0), reference_eps(case, 0.8, 0.8)) <= TOLERANCE
 
 
 def test_both_paths_move_the_output(case):
