@@ -1,4 +1,5 @@
-"""The extension's own API routes: what is installed, and what the face analysis finds in a photo.
+"""The extension's own API routes: what is installed, what the face analysis finds in a photo, and how closely an
+image resembles a person.
 
 They obey the WebUI's authentication: with `--api-auth` a request must carry those credentials (HTTP Basic, as the
 WebUI's own API takes them), with `--gradio-auth` a logged-in panel session (its cookie) is accepted too. Their
@@ -11,6 +12,7 @@ import binascii
 import io
 import secrets
 from pathlib import Path
+from typing import List, Union
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from PIL import Image
@@ -18,9 +20,9 @@ from pydantic import BaseModel, Field
 
 from modules import paths, shared
 
-from .. import preview
+from .. import preview, similarity
 from ..errors import InstantIDError
-from ..face import onnx_providers
+from ..face import average_embedding, choose_face, onnx_providers
 from ..images import decode_image
 from . import webui
 
@@ -34,11 +36,18 @@ class DetectRequest(BaseModel):
     face_index: int = Field(0, ge=0, le=99)
 
 
+class SimilarityRequest(BaseModel):
+    reference: Union[str, List[str]]  # one photo of the person or several (averaged, as face_image is)
+    image: str = Field(..., max_length=MAX_IMAGE_CHARS)
+    face_index: int = Field(0, ge=0, le=99)
+
+
 def add_routes(demo, app: FastAPI) -> None:
     """Registered for `on_app_started`."""
     dependencies = _authentication(app)
     app.add_api_route("/instantid/models", models, methods=["GET"], dependencies=dependencies)
     app.add_api_route("/instantid/detect", detect, methods=["POST"], dependencies=dependencies)
+    app.add_api_route("/instantid/similarity", similarity_of, methods=["POST"], dependencies=dependencies)
 
 
 def _authentication(app: FastAPI) -> list:
@@ -98,11 +107,7 @@ def _antelopev2_status() -> dict:
 
 def detect(request: DetectRequest) -> dict:
     try:
-        image = decode_image(request.image, "image")
-        if image.width * image.height > MAX_DETECT_PIXELS:
-            raise InstantIDError(f"image is {image.width}x{image.height} pixels; this route takes up to "
-                                 f"{MAX_DETECT_PIXELS // 10**6} megapixels. Send a smaller photo.", field="image")
-        found = preview.detect(webui.face_analyzer(), image, request.face_index)
+        found = preview.detect(webui.face_analyzer(), _photo(request.image, "image"), request.face_index)
     except InstantIDError as e:
         raise HTTPException(status_code=e.status_code, detail=without_server_paths(str(e))) from e
     return {
@@ -113,6 +118,39 @@ def detect(request: DetectRequest) -> dict:
         "message": found.message,
         "preview": _png_base64(found.image),
     }
+
+
+MAX_REFERENCES = 8
+
+
+def similarity_of(request: SimilarityRequest) -> dict:
+    """How closely the image's best-matching face resembles the person in the reference photo(s): the identity score
+    a job records, for any image."""
+    photos = [request.reference] if isinstance(request.reference, str) else request.reference
+    try:
+        if not 1 <= len(photos) <= MAX_REFERENCES:
+            raise InstantIDError(f"reference: give 1 to {MAX_REFERENCES} photos, got {len(photos)}.",
+                                 field="reference")
+        analyzer = webui.face_analyzer()
+        chosen = [choose_face(analyzer.detect(_photo(photo, "reference" if len(photos) == 1 else f"reference[{i}]")),
+                              request.face_index, "reference photo") for i, photo in enumerate(photos)]
+        faces = analyzer.detect(_photo(request.image, "image"))
+    except InstantIDError as e:
+        raise HTTPException(status_code=e.status_code, detail=without_server_paths(str(e))) from e
+    score = similarity.best_match(faces, average_embedding(chosen))
+    return {"similarity": score, "faces": len(faces), "message": similarity.described(score)}
+
+
+def _photo(data: str, field: str) -> Image.Image:
+    """A photo sent to a route, within the size one request may ask to analyse."""
+    if len(data) > MAX_IMAGE_CHARS:
+        raise InstantIDError(f"{field} is {len(data)} base64 characters; this route takes up to {MAX_IMAGE_CHARS}.",
+                             field=field)
+    image = decode_image(data, field)
+    if image.width * image.height > MAX_DETECT_PIXELS:
+        raise InstantIDError(f"{field} is {image.width}x{image.height} pixels; this route takes up to "
+                             f"{MAX_DETECT_PIXELS // 10**6} megapixels. Send a smaller photo.", field=field)
+    return image
 
 
 def without_server_paths(text: str) -> str:
