@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from . import pose_presets
 from .errors import InstantIDError
 from .images import decode_image
 
@@ -26,6 +27,8 @@ class Spec:
     maximum: float | None = None
     infotext: str | None = None  # key inside the InstantID infotext entry; None: not recorded (images)
     help: str = ""
+    choices: tuple[str, ...] = ()  # for kind str: the allowed values (empty: a model name)
+    length: int = 0  # for kind tuple: how many numbers, each from minimum to maximum
 
 
 def setting(default: Any, spec: Spec) -> Any:
@@ -71,10 +74,28 @@ class InstantIDArgs:
     face_index: int = setting(0, Spec(
         "Face index", int, minimum=0, maximum=99, infotext="Face index",
         help="Which face when a photo shows several: 0 is the largest, 1 the next largest, ..."))
+    pose: str = setting(pose_presets.PHOTO, Spec(
+        "Pose", str, infotext="Pose", choices=pose_presets.POSES,
+        help="Where the face's position and angle come from: the pose photo (or the face photo / init image), a "
+             "chosen head pose placed in the pose box, or none (identity only: the IdentityNet is off)."))
+    pose_box: tuple = setting(pose_presets.DEFAULT_BOX, Spec(
+        "Pose box (x, y, size)", tuple, minimum=0.0, maximum=1.0, length=3, infotext="Pose box",
+        help="For a chosen head pose: the head's centre (x, y) and its height, as fractions of the image."))
     uncond_noise: float = setting(0.0, Spec(
         "Uncond noise", infotext="Uncond noise",
         help="Anti-burn: the unconditional face is made from noise of this amplitude instead of zeros. Try 0.3-0.5 "
              "when images look burnt or over-contrasted at CFG 5 and above; 0 is the paper's.", **FRACTION))
+    similarity: bool = setting(True, Spec(
+        "Identity score", bool,
+        help="After each image, find its faces and record how closely the best match resembles the face photo(s) "
+             "(cosine similarity of the face embeddings) in the infotext."))
+    face_region: str = setting("off", Spec(
+        "Face region", str, infotext="Face region", choices=("off", "face", "mask"),
+        help="Where InstantID acts: everywhere (off), only around the posed face (face: the rest of the image follows "
+             "the prompt freely, the official demo's 'enhance non-face region'), or where the region mask is white."))
+    face_region_mask: Any = setting(None, Spec(
+        "Region mask", object,
+        help="For face region 'mask': white where InstantID acts, black where it does not; stretched to the image."))
 
     @staticmethod
     def requested(args: Sequence[Any]) -> bool:
@@ -109,6 +130,9 @@ class InstantIDArgs:
         """What an enabled job needs beyond valid values."""
         if self.enabled and not self.face_image:
             raise InstantIDError("face_image is missing: give a photo of the person's face.", field="face_image")
+        if self.enabled and self.face_region == "mask" and self.face_region_mask is None:
+            raise InstantIDError("face_region is 'mask' but face_region_mask is missing: give the mask (white where "
+                                 "InstantID acts), or choose another face_region.", field="face_region_mask")
 
     def _check_windows(self) -> None:
         for path in ("identitynet", "adapter"):
@@ -176,13 +200,33 @@ def _check(name: str, spec: Spec, value: Any) -> Any:
         if not isinstance(value, bool):
             raise InstantIDError(f"{name} must be true or false, got {value!r}.", field=name)
         return value
+    if spec.kind is str and spec.choices:
+        if value not in spec.choices:
+            raise InstantIDError(f"{name} must be one of {', '.join(map(repr, spec.choices))}; got {value!r}.",
+                                 field=name)
+        return value
     if spec.kind is str:
         if value is None or value == AUTOMATIC:
             return ""
         if not isinstance(value, str):
             raise InstantIDError(f"{name} must be a string (a model name), got {value!r}.", field=name)
         return name_of_choice(value)
+    if spec.kind is tuple:
+        return _check_numbers(name, spec, value)
     return _check_number(name, spec, value)
+
+
+def _check_numbers(name: str, spec: Spec, value: Any) -> tuple[float, ...]:
+    """A fixed number of numbers: a list or tuple, or the panel's text "0.5, 0.5, 0.4"."""
+    if isinstance(value, str):
+        try:
+            value = [float(part) for part in re.split(r"[,\s]+", value.strip()) if part]
+        except ValueError:
+            pass  # refused below, as given
+    each = replace(spec, kind=float)
+    if not isinstance(value, (list, tuple)) or len(value) != spec.length:
+        raise InstantIDError(f"{name} must be {spec.length} numbers from {_range(each)}, got {value!r}.", field=name)
+    return tuple(float(_check_number(f"{name}[{i}]", each, v)) for i, v in enumerate(value))
 
 
 def _is_empty(value: Any) -> bool:
@@ -207,19 +251,27 @@ def _range(spec: Spec) -> str:
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, tuple):
+        return " ".join(_format(float(v)) for v in value)
     return str(value)
 
 
 def _parse(spec: Spec, text: str) -> Any:
     if spec.kind is str:
         return text
+    if spec.kind is tuple:
+        try:
+            return _check_numbers("", spec, text)
+        except InstantIDError:
+            return None
     try:
         return spec.kind(float(text)) if spec.kind is int else spec.kind(text)
     except ValueError:
         return None
 
 
-_FIELD_NAMES = re.compile(r"\b(" + "|".join(f.name for f in fields(InstantIDArgs)) + r")\b")
+# Only the compound names: one-word ones ("pose", "enabled") are also plain words of the messages.
+_FIELD_NAMES = re.compile(r"\b(" + "|".join(f.name for f in fields(InstantIDArgs) if "_" in f.name) + r")\b")
 # Inner pairs of the InstantID entry, written and read the way the WebUI writes its own infotext.
 _PAIR = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import pose_presets
 from .args import InstantIDArgs
 from .conditioning import ConditioningStore, FaceTokens, HintFeatures
 from .face import DetectedFace, FaceAnalyzer, average_embedding, choose_face
@@ -20,7 +21,7 @@ from .models import catalog
 from .models.adapter import FaceAdapter
 from .models.identitynet import IdentityNet
 from .models.loading import ModelCache, load_adapter, load_identitynet
-from .session import Schedule, Session
+from .session import RegionSource, Schedule, Session
 from .unet_hooks import CallInfoSource, InstantIDHooks, check_compatible, cross_attention_layers, unet_architecture
 
 CPU = torch.device("cpu")
@@ -67,25 +68,28 @@ class Job:
 
     def hooks(self, unet: torch.nn.Module, call_info: CallInfoSource,
               keypoints_for: Callable[[int, int, int], np.ndarray],
-              identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> InstantIDHooks:
+              identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+              region: RegionSource | None = None) -> InstantIDHooks:
         """PyTorch hooks on `unet` (the A1111 host): they ask `call_info` about each UNet call's rows and step."""
-        return InstantIDHooks(unet, self.tokens, call_info, **self._session_parts(keypoints_for, identitynet_scope))
+        return InstantIDHooks(unet, self.tokens, call_info,
+                              **self._session_parts(keypoints_for, identitynet_scope, region))
 
-    def session(self, unet: torch.nn.Module, keypoints_for: Callable[[int, int, int], np.ndarray]) -> Session:
+    def session(self, unet: torch.nn.Module, keypoints_for: Callable[[int, int, int], np.ndarray],
+                region: RegionSource | None = None) -> Session:
         """What each call of `unet` needs (the Forge host applies it with its own patches and ControlNet chain)."""
         check_compatible(unet_architecture(unet), self.adapter, self.identitynet)
         heads = [layer.heads for layer in cross_attention_layers(unet)]
-        return Session(self.tokens, heads, **self._session_parts(keypoints_for, contextlib.nullcontext))
+        return Session(self.tokens, heads, **self._session_parts(keypoints_for, contextlib.nullcontext, region))
 
     def _session_parts(self, keypoints_for: Callable[[int, int, int], np.ndarray],
-                       identitynet_scope: Callable[[], AbstractContextManager]) -> dict:
+                       identitynet_scope: Callable[[], AbstractContextManager], region: RegionSource | None) -> dict:
         a = self.args
         hint = None if self.identitynet is None else HintFeatures(self.identitynet, keypoints_for, CONDITIONING)
         return dict(
             adapter=self.adapter, adapter_schedule=Schedule(a.adapter_weight, a.adapter_start, a.adapter_end),
             identitynet=self.identitynet,
             identitynet_schedule=Schedule(a.identitynet_weight, a.identitynet_start, a.identitynet_end),
-            hint=hint, store=CONDITIONING, identitynet_scope=identitynet_scope,
+            hint=hint, store=CONDITIONING, identitynet_scope=identitynet_scope, region=region,
         )
 
     def infotext(self, extra: dict[str, str] | None = None) -> str:
@@ -106,7 +110,7 @@ def prepare_job(args: InstantIDArgs, identity: Identity, models: list[catalog.Mo
     shape = unet_architecture(unet)
     adapter_entry = catalog.choose(models, catalog.ADAPTER, args.adapter_model, shape, "adapter_model")
     identitynet_entry = None
-    if args.identitynet_weight:
+    if args.identitynet_weight and args.pose != pose_presets.NONE:
         identitynet_entry = catalog.choose(models, catalog.IDENTITYNET, args.identitynet_model, shape,
                                            "identitynet_model")
     adapter = MODEL_CACHE.get(adapter_entry.path, load_adapter, CPU, None)

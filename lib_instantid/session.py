@@ -9,6 +9,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,35 @@ class CallInfo:
     row_images: tuple[int, ...] | None = None
 
 
+RegionSource = Callable[[int, int, int], "np.ndarray | None"]  # (width, height, image) -> [H, W] in [0, 1], or None
+
+
+class RegionMasks:
+    """Where InstantID acts in one canvas size, per row: [rows or 1, 1, H, W] in [0, 1] at the canvas's pixels, and
+    that mask brought to each layer's resolution the way the reference full pipeline brings it: bilinear for the
+    IdentityNet residuals, nearest (by the pixels-per-token ratio) for the face attention term."""
+
+    def __init__(self, pixels: torch.Tensor) -> None:
+        self.pixels = pixels
+        self._residual: dict[tuple[int, int], torch.Tensor] = {}
+        self._attention: dict[int, torch.Tensor] = {}
+
+    def residual(self, like: torch.Tensor) -> torch.Tensor:
+        size = tuple(like.shape[-2:])
+        if size not in self._residual:
+            self._residual[size] = F.interpolate(self.pixels, size, mode="bilinear")
+        return self._residual[size].to(like.dtype)
+
+    def attention(self, tokens: int) -> torch.Tensor:
+        """[rows or 1, tokens, 1, 1] for a layer whose query has `tokens` positions."""
+        if tokens not in self._attention:
+            height, width = self.pixels.shape[-2:]
+            ratio = (height * width / tokens) ** 0.5
+            mask = F.interpolate(self.pixels, scale_factor=1 / ratio, mode="nearest")
+            self._attention[tokens] = mask.reshape(mask.shape[0], -1, 1, 1)
+        return self._attention[tokens]
+
+
 class Rows:
     """What one row layout (the kind and image of each row of a UNet call) determines within a session: the face K/V
     of each layer for those rows, the IdentityNet's projected face context and its keypoint features. All are pure
@@ -66,6 +96,7 @@ class Rows:
         self.face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.identitynet_context: ProjectedContext | None = None
         self.hints: dict[tuple[int, int], torch.Tensor] = {}
+        self.regions: dict[tuple[int, int], RegionMasks | None] = {}
 
     @property
     def all_served(self) -> bool:
@@ -91,6 +122,7 @@ class CallState:
     residuals: list[torch.Tensor] | None  # unscaled, in the order of the input blocks
     mid: torch.Tensor | None
     identitynet_weight: float
+    region: RegionMasks | None = None  # where the face term acts (the residuals come masked already); None: everywhere
 
 
 class Session:
@@ -109,8 +141,10 @@ class Session:
         hint: HintFeatures | None = None,
         store: ConditioningStore | None = None,
         identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+        region: RegionSource | None = None,
     ) -> None:
-        """`layer_heads`: the head count of each cross-attention layer, in the adapter's order. `store` keeps the face
+        """`layer_heads`: the head count of each cross-attention layer, in the adapter's order. `region`: where in
+        each image InstantID acts (face_region); None: everywhere. `store` keeps the face
         K/V and the IdentityNet's projected face context for later sessions (jobs) with the same tokens and models;
         without one they are computed for this session only. Each IdentityNet run happens inside
         `identitynet_scope()`: the host's way to have it on the right device then."""
@@ -119,6 +153,7 @@ class Session:
         self.identitynet = identitynet
         self.identitynet_schedule = identitynet_schedule if identitynet is not None else Schedule(0.0)
         self.hint, self.store, self.identitynet_scope = hint, store, identitynet_scope
+        self.region = region
         self.face_kv = []
         if adapter is not None:
             self.face_kv = store.face_kv(adapter, tokens, layer_heads) if store else face_kv(adapter, tokens, layer_heads)
@@ -136,7 +171,22 @@ class Session:
         if rows.served and self.identitynet_schedule.active(info.step, info.total_steps):
             with self.identitynet_scope():
                 residuals, mid = self.identitynet_residuals(x, timesteps, rows, y)
-        return CallState(rows, self.face_kv_for(rows, info), residuals, mid, self.identitynet_schedule.weight)
+        return CallState(rows, self.face_kv_for(rows, info), residuals, mid, self.identitynet_schedule.weight,
+                         self.region_of(rows, x.shape, x.device))
+
+    def region_of(self, rows: Rows, latent_shape: tuple[int, ...], device: torch.device) -> RegionMasks | None:
+        """The face region of each row's image at the canvas size of a latent of this shape; None when InstantID
+        acts everywhere."""
+        if self.region is None:
+            return None
+        size = (latent_shape[-1] * LATENT_SCALE, latent_shape[-2] * LATENT_SCALE)
+        if size not in rows.regions:
+            images = [0] * len(rows.kinds) if rows.images is None else list(rows.images)
+            masks = {image: self.region(*size, image) for image in dict.fromkeys(images)}
+            stacked = [masks[image] for image in (images[:1] if len(masks) == 1 else images)]
+            pixels = torch.from_numpy(np.stack(stacked)[:, None].astype(np.float32)).to(device)
+            rows.regions[size] = RegionMasks(pixels)
+        return rows.regions[size]
 
     def rows(self, kinds: tuple[int, ...], images: tuple[int, ...] | None) -> Rows:
         key = (kinds, images)
@@ -180,9 +230,24 @@ class Session:
                 net, self.tokens, rows.served_kinds, project))
         # Unscaled: the weight is applied where the residuals are added (torch.add's alpha, no extra pass).
         down, mid = net(latent, timesteps, rows.identitynet_context, hint, y)
+        region = self.region_of(rows, x.shape, x.device)
+        if region is not None:
+            down, mid = self._in_region(region, rows, down, mid)
         if rows.all_served:
             return down, mid
         return [_scattered(r, rows, len(rows.kinds)) for r in down], _scattered(mid, rows, len(rows.kinds))
+
+    @staticmethod
+    def _in_region(region: RegionMasks, rows: Rows, down: list[torch.Tensor], mid: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The residuals of the served rows, zero outside each row's face region."""
+        def masked(residual: torch.Tensor) -> torch.Tensor:
+            mask = region.residual(residual)
+            if mask.shape[0] > 1 and not rows.all_served:
+                mask = mask[rows.served_index]
+            return residual * mask
+
+        return [masked(r) for r in down], masked(mid)
 
     def _hint_of(self, rows: Rows, width: int, height: int) -> torch.Tensor:
         """The keypoint features of the served rows' images at this size: [1, ...] when they share one image."""
@@ -206,7 +271,10 @@ def face_attention(state: CallState, index: int, query: torch.Tensor, heads: int
         )
     k, v = state.face_kv[index]  # V carries the adapter weight s
     face = F.scaled_dot_product_attention(split_heads(query, heads), k.to(query.dtype), v.to(query.dtype))
-    return face.transpose(1, 2)
+    face = face.transpose(1, 2)
+    if state.region is not None:
+        face = face * state.region.attention(query.shape[1]).to(face.dtype)
+    return face
 
 
 def add_heads(hidden: torch.Tensor, face: torch.Tensor) -> torch.Tensor:

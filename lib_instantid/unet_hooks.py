@@ -27,7 +27,7 @@ from .models.adapter import FaceAdapter
 from .models.architecture import Architecture
 from .models.catalog import misfit
 from .models.identitynet import IdentityNet
-from .session import CallInfo, CallState, Schedule, Session, add_heads, face_attention, fitted
+from .session import CallInfo, CallState, RegionSource, Schedule, Session, add_heads, face_attention, fitted
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # UNets with hooks, without marking the UNet itself
 _LAYERS: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
@@ -112,6 +112,7 @@ class InstantIDHooks:
         hint: HintFeatures | None = None,
         store: ConditioningStore | None = None,
         identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+        region: RegionSource | None = None,
     ) -> None:
         """See Session for the arguments; `call_info` describes each UNet call's rows and step."""
         self.layers = cross_attention_layers(unet)
@@ -120,7 +121,7 @@ class InstantIDHooks:
         self.session = Session(tokens, [a.heads for a in self.layers], adapter=adapter,
                                adapter_schedule=adapter_schedule, identitynet=identitynet,
                                identitynet_schedule=identitynet_schedule, hint=hint, store=store,
-                               identitynet_scope=identitynet_scope)
+                               identitynet_scope=identitynet_scope, region=region)
         self.call: CallState | None = None
         self._handles: list[RemovableHandle] = []
 

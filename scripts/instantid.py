@@ -69,6 +69,11 @@ class InstantIDScript(scripts.Script):
                 face.preprocess = uploaded_photos(face.preprocess)
                 pose = gr.Image(label=spec["pose_image"][0].label, type="pil", elem_id=self.elem_id("pose_image"))
             with gr.Row():
+                head_pose = gr.Dropdown(label=spec["pose"][0].label, choices=list(spec["pose"][0].choices),
+                                        value=spec["pose"][1], elem_id=self.elem_id("pose"))
+                pose_box = gr.Textbox(label=spec["pose_box"][0].label, value=", ".join(map(str, spec["pose_box"][1])),
+                                      elem_id=self.elem_id("pose_box"))
+            with gr.Row():
                 preview_button = gr.Button("Preview detected face", elem_id=self.elem_id("preview"))
             preview = gr.Gallery(label="Detected faces", show_label=False, columns=4, height=200,
                                  elem_id=self.elem_id("preview_gallery"))
@@ -83,16 +88,26 @@ class InstantIDScript(scripts.Script):
             sliders = {name: self._number(name, spec) for name in (
                 "identitynet_weight", "adapter_weight", "identitynet_start", "identitynet_end",
                 "adapter_start", "adapter_end", "face_index", "uncond_noise")}
+            score = gr.Checkbox(value=spec["similarity"][1], label=spec["similarity"][0].label,
+                                elem_id=self.elem_id("similarity"))
+            with gr.Row():
+                region = gr.Dropdown(label=spec["face_region"][0].label, choices=list(spec["face_region"][0].choices),
+                                     value=spec["face_region"][1], elem_id=self.elem_id("face_region"))
+                region_mask = gr.Image(label=spec["face_region_mask"][0].label, type="pil",
+                                       elem_id=self.elem_id("face_region_mask"))
             gr.HTML(self._hints(spec))
         models = [identitynet, adapter, missing, download]
         for event in (refresh.click, identitynet.focus, adapter.focus):
             event(webui.refreshed_choices, outputs=models)
         download.click(download_missing, outputs=models)
         index = sliders["face_index"]
-        preview_button.click(webui.preview, inputs=[face, pose, index], outputs=[preview, message]).then(
+        preview_button.click(webui.preview, inputs=[face, pose, index, head_pose, pose_box],
+                             outputs=[preview, message]).then(
             webui.download_offer, outputs=[missing, download])  # Preview may have found the face models missing
-        components = {"enabled": enabled, "face_image": face, "pose_image": pose, "identitynet_model": identitynet,
-                      "adapter_model": adapter, **sliders}
+        components = {"enabled": enabled, "face_image": face, "pose_image": pose, "pose": head_pose,
+                      "pose_box": pose_box, "identitynet_model": identitynet,
+                      "adapter_model": adapter, **sliders, "similarity": score, "face_region": region,
+                      "face_region_mask": region_mask}
         # Every setting goes by a name of its own, which Send to img2img/inpaint matches and pasted infotext
         # (expanded by `expand_infotext`) fills.
         self.infotext_fields = [(components[name], paste_label(name)) for name in spec]
@@ -121,6 +136,9 @@ class InstantIDScript(scripts.Script):
 
     def process(self, p, *args) -> None:
         host.start_job(p, args)
+
+    def postprocess_image_after_composite(self, p, pp, *args) -> None:
+        webui.score_image(p, pp.image)
 
     if hasattr(host, "before_every_sampling"):  # Forge: A1111 (1.9+) calls the hook too, but needs nothing there
         def process_before_every_sampling(self, p, *args, **kwargs) -> None:

@@ -33,8 +33,13 @@ def test_every_setting_is_documented_with_its_default_and_range():
             assert f"{spec.minimum:g}–{spec.maximum:g}" in meaning, name
         elif spec.kind is bool:
             assert documented == str(default).lower(), name
+        elif spec.kind is str and spec.choices:
+            assert documented == f'"{default}"', name
+            assert all(f'"{choice}"' in meaning for choice in spec.choices), name
         elif spec.kind is str:
             assert documented == '""', name
+        elif spec.kind is tuple:
+            assert documented == "[" + ", ".join(f"{v:g}" for v in default) + "]", name
 
 
 def test_readme_troubleshooting_is_rendered_from_the_table():

@@ -70,6 +70,7 @@ def test_instantid_changes_the_image_and_off_is_untouched(ui, face):
     assert np.abs(pixels(result) - never).max() > 10
     assert np.array_equal(pixels(generate(ui)), never)  # disabled after enabled: as if never enabled
     assert np.array_equal(pixels(generate(ui, instantid=positional(enabled=False, face_image=[face]))), never)
+    assert "InstantID similarity: " in result.processed.infotexts[0]  # the identity score, as on A1111
     unet = result.p.sd_model.forge_objects_after_applying_lora.unet  # what the next job starts from
     assert unet.controlnet_linked_list is None and not unet.model_options["transformer_options"].get("patches_replace")
 

@@ -66,7 +66,8 @@ def case(request, weight_files) -> Case:
                 images, text, pooled, ids)
 
 
-def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, calls=(CHUNKS,)) -> torch.Tensor:
+def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, calls=(CHUNKS,), region=None
+              ) -> torch.Tensor:
     """One denoiser step made as Forge makes it: each call in `calls` (its chunks) through the patched UnetPatcher's
     ControlNet chain and UNet forward; the rows of the calls concatenated in the order given."""
     from backend.modules.k_prediction import Prediction
@@ -80,7 +81,8 @@ def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, call
     session = Session(tokens, [a.heads for a in cross_attention_layers(wrapped)],
                       adapter=case.adapter, adapter_schedule=Schedule(adapter_weight),
                       identitynet=case.identitynet, identitynet_schedule=Schedule(identitynet_weight),
-                      hint=HintFeatures(case.identitynet, lambda w, h, image: case.keypoints))
+                      hint=HintFeatures(case.identitynet, lambda w, h, image: case.keypoints),
+                      region=None if region is None else (lambda w, h, image: region))
     injection = host.Injection(session, host.RowSource(served=(True,), per_image=False))
     unet = host.patched(unet_patcher, injection, case.identitynet if identitynet_weight else None)
     predictor = unet.model.predictor
@@ -106,13 +108,14 @@ def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, call
     return torch.cat(outputs)
 
 
-def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float, chunks=CHUNKS) -> torch.Tensor:
+def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float, chunks=CHUNKS, region=None
+                  ) -> torch.Tensor:
     x, text, y_parts = case.rows(chunks)
     hint = torch.from_numpy(draw_keypoints(case.keypoints, (SIZE, SIZE))).permute(2, 0, 1)[None].float() / 255
     cond_rows = [chunk == 0 for chunk in chunks for _ in range(2)]
     return tm.reference_eps(case.reference, x, torch.full((x.shape[0],), float(T)), text,
                             torch.from_numpy(case.embedding), cond_rows, hint, adapter_weight, identitynet_weight,
-                            y=y_parts)
+                            y=y_parts, region=None if region is None else torch.from_numpy(region))
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -136,6 +139,14 @@ def test_cond_only_calls_and_split_calls_match_the_reference(forge, case):
     assert relative_error(forge_eps(case, 0.8, 0.8, calls=([0],)), reference_eps(case, 0.8, 0.8, [0])) <= TOLERANCE
     split = forge_eps(case, 0.8, 0.8, calls=([1], [0]))
     assert relative_error(split, reference_eps(case, 0.8, 0.8)) <= TOLERANCE
+
+
+def test_face_region_on_the_forge_path_matches_the_reference(forge, case):
+    region = np.zeros((SIZE, SIZE), np.float32)
+    region[8:40, 16:56], region[40:48, 16:56] = 1.0, 0.5
+    ours = forge_eps(case, 0.8, 0.8, region=region)
+    assert relative_error(ours, reference_eps(case, 0.8, 0.8, region=region)) <= TOLERANCE
+    assert relative_error(ours, reference_eps(case, 0.8, 0.8)) > 1e-3
 
 
 def test_a_swapped_row_mapping_fails_the_parity_check(forge, case, monkeypatch):

@@ -260,3 +260,31 @@ def test_a_failed_download_tells_the_panel_why(webui, unets, tmp_path, panel_hub
     download_missing = type(script(webui)).ui.__globals__["download_missing"]
     with pytest.raises(gr.Error, match="was not found at .*404.*models.md"):
         download_missing(lambda *a, **k: None)
+
+
+def test_building_the_panel_without_a_checkpoint_does_not_start_loading_one(webui, models_root, monkeypatch):
+    """A1111's `shared.sd_model` is a property that loads a checkpoint when none is loaded (and logs "No
+    checkpoints found" each time there is none): the panel reads the loaded model without it."""
+    import types
+
+    from modules import sd_models
+
+    reads = []
+
+    class LoadingShared(types.ModuleType):
+        @property
+        def sd_model(self):
+            reads.append(1)
+            return None
+
+    monkeypatch.setattr(sd_models.model_data, "sd_model", None)
+    webui.set_models_path(models_root)
+    original = shared.__class__
+    monkeypatch.delattr(shared, "sd_model", raising=False)
+    shared.__class__ = LoadingShared
+    try:
+        webui.load_extension(EXTENSION_SCRIPT)
+        choices = control(webui, "adapter_model").choices
+    finally:
+        shared.__class__ = original
+    assert not reads and choices[0] == AUTOMATIC and len(choices) > 1

@@ -72,7 +72,7 @@ def case(kind, weight_files) -> Case:
 
 def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, rows=ROWS, embedding=None,
                keypoints=None, identitynet=None, x_slice=slice(None), row_images=None,
-               uncond_noise=0.0) -> torch.Tensor:
+               uncond_noise=0.0, region=None) -> torch.Tensor:
     """`keypoints`: one pose for every row, or with `row_images` a list of poses indexed by image."""
     tokens = project_face(case.adapter, case.embedding if embedding is None else embedding,
                           torch.device("cpu"), torch.float32, uncond_noise)
@@ -83,6 +83,7 @@ def hooked_eps(case: Case, adapter_weight: float, identitynet_weight: float, *, 
         adapter=case.adapter, adapter_schedule=Schedule(adapter_weight),
         identitynet=net, identitynet_schedule=Schedule(identitynet_weight),
         hint=HintFeatures(net, lambda w, h, image: kps if row_images is None else kps[image]),
+        region=None if region is None else (lambda w, h, image: region),
     )
     y = case.y
     with hooks, torch.no_grad():
@@ -95,13 +96,13 @@ def keypoint_image(keypoints: np.ndarray) -> torch.Tensor:
 
 
 def reference_eps(case: Case, adapter_weight: float, identitynet_weight: float, hint=None,
-                  uncond_embedding=None) -> torch.Tensor:
+                  uncond_embedding=None, region=None) -> torch.Tensor:
     """`hint`: the keypoint image of every row [B or 1, 3, H, W]; default the case's keypoints."""
     hint = keypoint_image(case.keypoints) if hint is None else hint
     return tm.reference_eps(
         case.reference, case.x, case.t, case.text, torch.from_numpy(case.embedding),
         [r == COND for r in ROWS], hint, adapter_weight, identitynet_weight, y=case.y_parts,
-        uncond_embedding=uncond_embedding,
+        uncond_embedding=uncond_embedding, region=None if region is None else torch.from_numpy(region),
     )
 
 
@@ -125,6 +126,22 @@ def test_uncond_noise_matches_the_reference_formula(case):
     assert relative_error(ours, reference_eps(case, 0.8, 0.8, uncond_embedding=noise)) <= TOLERANCE
     assert relative_error(ours, reference_eps(case, 0.8, 0.8)) > 1e-3  # the noise changes the uncond rows' output
     assert relative_error(hooked_eps(case, 0.8, 0.8, uncond_noise=0.0), reference_eps(case, 0.8, 0.8)) <= TOLERANCE
+
+
+@pytest.mark.parametrize("weights", [(0.8, 0.8), (0.8, 0.0), (0.0, 0.8)])
+def test_face_region_matches_the_reference_pipelines_region_control(case, weights):
+    """face_region: the residuals and the face attention term masked as the official full pipeline masks them."""
+    region = np.zeros((SIZE, SIZE), np.float32)
+    region[8:40, 16:56] = 1.0
+    region[40:48, 16:56] = 0.5  # a feathered edge
+    ours = hooked_eps(case, *weights, region=region)
+    assert relative_error(ours, reference_eps(case, *weights, region=region)) <= TOLERANCE
+    assert relative_error(ours, reference_eps(case, *weights)) > 1e-3  # the region changes the output
+
+
+def test_a_region_covering_everything_changes_nothing(case):
+    everywhere = np.ones((SIZE, SIZE), np.float32)
+    assert torch.equal(hooked_eps(case, 0.8, 0.8, region=everywhere), hooked_eps(case, 0.8, 0.8))
 
 
 def test_both_paths_move_the_output(case):

@@ -208,7 +208,8 @@ class JobRun:
         if not any(self.settings.poses.served):
             return  # nothing to serve in this batch (tiles without a face)
         residency = Residency(job.identitynet, self.low_vram)
-        self.hooks = job.hooks(unet, self.tracker, self.settings.poses.keypoints_for, residency.scope).attach()
+        self.hooks = job.hooks(unet, self.tracker, self.settings.poses.keypoints_for, residency.scope,
+                               self.settings.region).attach()
         self.residency = residency
 
     def _unhook(self) -> None:

@@ -86,14 +86,16 @@ class Injection:
         self._state: CallState | None = None
         self.identitynet_acts = False  # in the current call
 
-    def state(self, options: dict, rows: int) -> CallState:
+    def state(self, options: dict, latent_shape: tuple[int, ...]) -> CallState:
+        """The call's state, given its options and the shape of its latent input (the rows first)."""
         chunks = options.get("cond_or_uncond")
         if chunks is not self._chunks or self._state is None:
-            info = self.rows.info(chunks, rows)
+            info = self.rows.info(chunks, latent_shape[0])
             session = self.session
             call_rows = session.rows(info.row_kinds, info.row_images)
             self._state = CallState(call_rows, session.face_kv_for(call_rows, info), None, None,
-                                    session.identitynet_schedule.weight)
+                                    session.identitynet_schedule.weight,
+                                    session.region_of(call_rows, latent_shape, session.tokens.both.device))
             self.identitynet_acts = bool(call_rows.served) and session.identitynet_schedule.active(
                 info.step, info.total_steps)
             self._chunks = chunks
@@ -114,7 +116,7 @@ class FaceAttentionPatch:
             out = self.previous(q, k, v, extra_options)
         else:
             out = attention.attention_function(q, k, v, heads)
-        state = self.injection.state(extra_options, q.shape[0])
+        state = self.injection.state(extra_options, extra_options["original_shape"])
         if state.face_kv is None:
             return out
         return add_heads(out, face_attention(state, self.index, q, heads))
@@ -137,7 +139,7 @@ class IdentityNetControl(ControlNet):
         previous = None
         if self.previous_controlnet is not None:
             previous = self.previous_controlnet.get_control(x_noisy, t, dict(cond), batched_number, *more)
-        state = self.injection.state(self.transformer_options, x_noisy.shape[0])
+        state = self.injection.state(self.transformer_options, x_noisy.shape)
         if not self.injection.identitynet_acts:
             return previous
         sampling = self.model_sampling_current
@@ -277,7 +279,8 @@ class ForgeRun:
         """This model's injection, made at its first pass; None for a hires checkpoint no models fit."""
         _, job, injection = self.parts.get(id(model)) or (model, self._other_job(model), None)
         if job is not None and injection is None:
-            injection = Injection(job.session(model.diffusion_model, self.settings.poses.keypoints_for), self.rows)
+            session = job.session(model.diffusion_model, self.settings.poses.keypoints_for, self.settings.region)
+            injection = Injection(session, self.rows)
         self.parts[id(model)] = (model, job, injection)
         return injection, None if job is None else job.identitynet
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ImageOps
 
+from .. import pose_presets
 from ..errors import NoFaceError
 from ..face import DetectedFace, no_face_message
 from ..keypoints import Placement
@@ -108,25 +109,66 @@ def selected_script(p) -> str | None:
     return selectable[index - 1].title()
 
 
+REGION_MARGIN = 0.2  # the face region: the face box enlarged by this fraction of its size on each side,
+REGION_FEATHER = 0.15  # then fading to nothing over this fraction of its size
+HEAD_ASPECT = 0.75  # a chosen head pose's region: width / height of the head box
+
+
+def region_mask(box: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W] in [0, 1]: 1 inside the enlarged face box, fading linearly to 0 around it."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    extent = max(x2 - x1, y2 - y1, 1.0)
+    margin, feather = REGION_MARGIN * extent, max(REGION_FEATHER * extent, 1.0)
+    width, height = size
+    xs, ys = np.arange(width) + 0.5, np.arange(height) + 0.5
+    dx = np.maximum(np.maximum(x1 - margin - xs, xs - x2 - margin), 0)
+    dy = np.maximum(np.maximum(y1 - margin - ys, ys - y2 - margin), 0)
+    distance = np.hypot(dx[None, :], dy[:, None])
+    return np.clip(1 - distance / feather, 0, 1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Pose:
-    """One image's pose: the face's keypoints in the pixels of the image they were found in, and how those pixels
-    map onto each canvas."""
+    """One image's pose: the face's keypoints and box in the pixels of the image they were found in, and how those
+    pixels map onto each canvas."""
 
     keypoints: np.ndarray
     image_size: tuple[int, int]
     placements: Callable[[], dict[tuple[int, int], Placement]]  # built lazily: crops exist only after p.init
+    box: np.ndarray  # x1 y1 x2 y2
+
+    def _placement(self, width: int, height: int) -> Placement:
+        return self.placements().get((width, height)) or webui_resize(1, self.image_size, (width, height))
 
     def on_canvas(self, width: int, height: int) -> np.ndarray:
-        placement = self.placements().get((width, height)) or webui_resize(1, self.image_size, (width, height))
-        return placement.apply(self.keypoints)
+        return self._placement(width, height).apply(self.keypoints)
+
+    def box_on_canvas(self, width: int, height: int) -> np.ndarray:
+        return self._placement(width, height).apply(np.reshape(self.box, (2, 2))).reshape(4)
+
+
+@dataclass(frozen=True)
+class PresetPose:
+    """A chosen head pose (pose_presets) in its box: the same fractions of every canvas, hires included."""
+
+    pose: str
+    box: tuple[float, float, float]
+    photo_keypoints: np.ndarray | None  # the face photo's, for the person's proportions
+
+    def on_canvas(self, width: int, height: int) -> np.ndarray:
+        return pose_presets.preset_keypoints(self.pose, self.box, (width, height), self.photo_keypoints)
+
+    def box_on_canvas(self, width: int, height: int) -> np.ndarray:
+        cx, cy, head = self.box
+        half_h, half_w = head * height / 2, head * height * HEAD_ASPECT / 2
+        return np.array([cx * width - half_w, cy * height - half_h, cx * width + half_w, cy * height + half_h])
 
 
 @dataclass(frozen=True)
 class Poses:
     """The pose of each image of the batch; None for an image InstantID leaves alone (a tile without a face)."""
 
-    per_image: tuple[Pose | None, ...]
+    per_image: tuple[Pose | PresetPose | None, ...]
 
     @property
     def served(self) -> tuple[bool, ...]:
@@ -137,15 +179,22 @@ class Poses:
         """All images have the same pose (one keypoint image serves every row)."""
         return len(self.per_image) == 1
 
-    def keypoints_for(self, width: int, height: int, image: int = 0) -> np.ndarray:
+    def _pose(self, image: int) -> Pose | PresetPose:
         pose = self.per_image[0 if self.shared else image]
         if pose is None:
             raise RuntimeError("InstantID: keypoints asked for an image it does not serve")
-        return pose.on_canvas(width, height)
+        return pose
+
+    def keypoints_for(self, width: int, height: int, image: int = 0) -> np.ndarray:
+        return self._pose(image).on_canvas(width, height)
+
+    def region_for(self, width: int, height: int, image: int = 0) -> np.ndarray:
+        """face_region "face": around the pose's face, at this canvas size."""
+        return region_mask(self._pose(image).box_on_canvas(width, height), (width, height))
 
 
 def txt2img_poses(p, pose: DetectedFace) -> Poses:
-    return Poses((Pose(pose.keypoints, pose.image_size, lambda: txt2img_canvases(p, pose.image_size)),))
+    return Poses((Pose(pose.keypoints, pose.image_size, lambda: txt2img_canvases(p, pose.image_size), pose.box),))
 
 
 def distinct_init_images(p) -> list:
@@ -165,12 +214,13 @@ def img2img_poses(p, detect: Callable[[object], list[DetectedFace]], pose_photo:
         to_processed = (lambda size: lambda: {canvas(p.width, p.height): img2img_placement(p, size)})(image.size)
         if pose_photo is not None:
             photo_to_init = webui_resize(1, pose_photo.image_size, image.size)
-            poses.append(Pose(photo_to_init.apply(pose_photo.keypoints), image.size, to_processed))
+            box = photo_to_init.apply(np.reshape(pose_photo.box, (2, 2))).reshape(4)
+            poses.append(Pose(photo_to_init.apply(pose_photo.keypoints), image.size, to_processed, box))
             continue
         faces = detect(image)
         if faces:
             face = pick(faces) if pick is not None else faces[0]
-            poses.append(Pose(face.keypoints, image.size, to_processed))
+            poses.append(Pose(face.keypoints, image.size, to_processed, face.box))
         elif tiles:
             poses.append(None)
         else:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from modules import shared
 
-from .. import downloads
-from ..args import AUTOMATIC, InstantIDArgs, in_panel_words
+from .. import downloads, pose_presets, similarity
+from ..args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, in_panel_words
 from ..errors import InstantIDError
 from ..face import FaceAnalyzer, choose_face, find_antelopev2, webui_antelopev2_roots
 from ..models import catalog
@@ -89,7 +91,10 @@ def unet_of_model(sd_model) -> torch.nn.Module | None:
 
 def loaded_architecture() -> Architecture | None:
     """What the loaded checkpoint's UNet offers, or None while no checkpoint is loaded."""
-    unet = unet_of_model(getattr(shared, "sd_model", None))
+    from modules import sd_models
+
+    # Not `shared.sd_model`: in A1111 reading it while no checkpoint is loaded starts loading one (each time).
+    unet = unet_of_model(sd_models.model_data.sd_model)
     return None if unet is None else unet_architecture(unet)
 
 
@@ -108,13 +113,32 @@ class Settings:
         self.args = args
         self.identity = analyse_identity(face_analyzer(), args)
         self.poses = _poses(p, args, self.identity)
+        self.region = _region(args, self.poses)
         self.models = installed_models()
         unserved = self.poses.served.count(False)
         self.notes = {"Images without a face": f"{unserved} of {len(self.poses.served)} (left unchanged)"} \
             if unserved else {}
 
 
+def _region(args: InstantIDArgs, poses: posing.Poses):
+    """Where InstantID acts in each image (face_region), as a function of the canvas size and the image; None:
+    everywhere."""
+    if args.face_region == "face":
+        return poses.region_for
+    if args.face_region == "mask":
+        mask = args.face_region_mask.convert("L")
+
+        def stretched(width: int, height: int, image: int = 0) -> np.ndarray:
+            return np.asarray(mask.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255
+
+        return stretched
+    return None
+
+
 def _poses(p, args: InstantIDArgs, identity: Identity) -> posing.Poses:
+    if args.pose != pose_presets.PHOTO:  # a chosen head pose, the same for every image ("none": never drawn)
+        pose = args.pose if args.pose in pose_presets.YAW else "front"
+        return posing.Poses((posing.PresetPose(pose, args.pose_box, identity.first_face.keypoints),))
     pose_photo = None
     if args.pose_image is not None:
         pose_photo = choose_face(face_analyzer().detect(args.pose_image), 0, "pose image")
@@ -158,6 +182,22 @@ class SampleScope:
         if self.run is None:
             return self.original(*args, **kwargs)
         return self.run.sample(self.original, args, kwargs)
+
+
+SIMILARITY_KEY = f"{INFOTEXT_KEY} similarity"
+
+
+def score_image(p, image) -> None:
+    """The script's `postprocess_image_after_composite` hook, for every finished image: with the identity score on,
+    how closely the image's best-matching face resembles the identity, into this image's infotext (the WebUI writes
+    each image's infotext right after this hook)."""
+    scope = SampleScope.of(p)
+    run = None if scope is None else scope.run
+    settings = getattr(run, "settings", None)
+    if settings is None or run.error is not None or not settings.args.similarity:
+        return
+    score = similarity.image_similarity(face_analyzer(), image, settings.identity.embedding)
+    p.extra_generation_params[SIMILARITY_KEY] = similarity.described(score)
 
 
 def for_host(p, error: InstantIDError) -> BaseException:
@@ -253,19 +293,31 @@ def choice_for(kind: str, name: str) -> str:
     return AUTOMATIC
 
 
-def preview(face_files, pose_image, face_index) -> tuple[list, str]:
-    """The panel's Preview button: overlays of what was found, and what to do when nothing was."""
+PREVIEW_SIZE = (1024, 1024)  # a chosen head pose's keypoint image, as drawn for a square generation
+
+
+def preview(face_files, pose_image, face_index, pose=pose_presets.PHOTO, pose_box=pose_presets.DEFAULT_BOX
+            ) -> tuple[list, str]:
+    """The panel's Preview button: overlays of what was found (and, for a chosen head pose, the keypoint image
+    that will be used), and what to do when nothing was."""
     from .. import preview as drawing
     from ..images import decode_image
+    from ..keypoints import draw_keypoints
 
     try:
         analyzer = face_analyzer()
         images = [(decode_image(f, "face_image"), f"face photo {i + 1}") for i, f in enumerate(face_files or [])]
-        if pose_image is not None:
+        if pose_image is not None and pose == pose_presets.PHOTO:
             images.append((decode_image(pose_image, "pose_image"), "pose photo"))
         if not images:
             return [], "Upload a face photo first."
         found = [drawing.detect(analyzer, image, int(face_index or 0), what) for image, what in images]
+        shown, messages = [d.image for d in found], [d.message for d in found]
+        if pose in pose_presets.YAW:
+            box = InstantIDArgs.from_dict({"pose_box": pose_box}).pose_box
+            first = found[0].faces[int(face_index or 0)].keypoints if found[0].faces else None
+            shown.append(draw_keypoints(pose_presets.preset_keypoints(pose, box, PREVIEW_SIZE, first), PREVIEW_SIZE))
+            messages.append(f"The keypoints of the {pose} pose, for a square image.")
     except InstantIDError as e:
         return [], in_panel_words(str(e))
-    return [d.image for d in found], "\n\n".join(d.message for d in found)
+    return shown, "\n\n".join(messages)
