@@ -11,7 +11,8 @@ from modules.ui_components import InputAccordion, ToolButton
 
 from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, specs
 from lib_instantid.hosts import running_host, webui, webui_api, webui_xyz
-from lib_instantid.images import uploaded_photos
+from lib_instantid import pose_presets
+from lib_instantid.images import decode_image, uploaded_photos
 from lib_instantid.models import catalog
 
 MODEL_KINDS = {"identitynet_model": catalog.IDENTITYNET, "adapter_model": catalog.ADAPTER}
@@ -48,6 +49,36 @@ register(script_callbacks.on_before_ui, webui_xyz.add_axes, "instantid_xyz")
 register(script_callbacks.on_script_unloaded, webui.release_all, "instantid_unload")
 
 
+LEAD = ("Drop a clear photo of the person's face, write the prompt, generate. *Preview detected face* shows what "
+        "the face analysis found; the two weights say how much of the face and its pose to keep.")
+# (IdentityNet weight, adapter weight), after the official tuning advice: raise both for likeness; for more
+# stylisation (or when the image looks over-saturated) lower the adapter first, then the IdentityNet.
+STYLES = {"Faithful": (1.0, 1.0), "Balanced": (0.8, 0.8), "Stylised": (0.6, 0.5)}
+
+
+def style_weights(name: str):
+    """A style preset button's handler: it sets the two weights."""
+    identitynet, adapter = STYLES[name]
+    return lambda: (gr.update(value=identitynet), gr.update(value=adapter))
+
+
+def pose_fields(pose: str) -> tuple[dict, dict]:
+    """The pose photo only for "photo"; the pose box only for a chosen head pose."""
+    return gr.update(visible=pose == pose_presets.PHOTO), gr.update(visible=pose in pose_presets.YAW)
+
+
+def face_thumbnails(files) -> dict:
+    """The uploaded face photos as thumbnails (removed with the upload list's ✕); hidden while there are none."""
+    photos = [decode_image(f, "face_image") for f in files or []]
+    return gr.update(value=photos, visible=bool(photos))
+
+
+def preview_faces(*args) -> tuple[dict, str]:
+    """The Preview button: the detected faces, the gallery shown only when there is something in it."""
+    shown, message = webui.preview(*args)
+    return gr.update(value=shown, visible=bool(shown)), message
+
+
 def download_missing(progress=gr.Progress()):
     """The Download button's handler; gradio feeds the progress bar through the `gr.Progress` default."""
     return webui.download_missing(progress)
@@ -63,56 +94,69 @@ class InstantIDScript(scripts.Script):
     def ui(self, is_img2img: bool) -> list:
         spec = {name: (s, default) for name, s, default in specs()}
         with InputAccordion(False, label="InstantID", elem_id=self.elem_id("enabled")) as enabled:
+            gr.Markdown(LEAD, elem_id=self.elem_id("lead"))
             with gr.Row():
                 face = gr.File(label=spec["face_image"][0].label, file_count="multiple", file_types=["image"],
                                elem_id=self.elem_id("face_image"))
                 face.preprocess = uploaded_photos(face.preprocess)
                 pose = gr.Image(label=spec["pose_image"][0].label, type="pil", elem_id=self.elem_id("pose_image"))
+            thumbnails = gr.Gallery(label="Face photos", show_label=False, columns=6, height=120, visible=False,
+                                    elem_id=self.elem_id("thumbnails"))
             with gr.Row():
-                head_pose = gr.Dropdown(label=spec["pose"][0].label, choices=list(spec["pose"][0].choices),
-                                        value=spec["pose"][1], elem_id=self.elem_id("pose"))
+                head_pose = self._choice("pose", spec)
                 pose_box = gr.Textbox(label=spec["pose_box"][0].label, value=", ".join(map(str, spec["pose_box"][1])),
-                                      elem_id=self.elem_id("pose_box"))
+                                      visible=False, elem_id=self.elem_id("pose_box"))
+            sliders = {name: self._number(name, spec) for name in ("identitynet_weight", "adapter_weight")}
             with gr.Row():
+                presets = {name: gr.Button(name, size="sm", elem_id=self.elem_id(f"style_{name.lower()}"))
+                           for name in STYLES}
                 preview_button = gr.Button("Preview detected face", elem_id=self.elem_id("preview"))
-            preview = gr.Gallery(label="Detected faces", show_label=False, columns=4, height=200,
+            preview = gr.Gallery(label="Detected faces", show_label=False, columns=4, height=200, visible=False,
                                  elem_id=self.elem_id("preview_gallery"))
             message = gr.Markdown()
-            with gr.Row():
-                identitynet = self._model_dropdown("identitynet_model", spec)
-                adapter = self._model_dropdown("adapter_model", spec)
-                refresh = ToolButton("\U0001f504", elem_id=self.elem_id("refresh"))
             notice = webui.missing_notice()
             missing = gr.Markdown(notice, visible=bool(notice), elem_id=self.elem_id("missing"))
             download = gr.Button("Download missing models", visible=bool(notice), elem_id=self.elem_id("download"))
-            sliders = {name: self._number(name, spec) for name in (
-                "identitynet_weight", "adapter_weight", "identitynet_start", "identitynet_end",
-                "adapter_start", "adapter_end", "face_index", "uncond_noise")}
-            score = gr.Checkbox(value=spec["similarity"][1], label=spec["similarity"][0].label,
-                                elem_id=self.elem_id("similarity"))
-            with gr.Row():
-                region = gr.Dropdown(label=spec["face_region"][0].label, choices=list(spec["face_region"][0].choices),
-                                     value=spec["face_region"][1], elem_id=self.elem_id("face_region"))
-                region_mask = gr.Image(label=spec["face_region_mask"][0].label, type="pil",
+            with gr.Accordion("Advanced", open=False, elem_id=self.elem_id("advanced")):
+                with gr.Row():
+                    identitynet = self._model_dropdown("identitynet_model", spec)
+                    adapter = self._model_dropdown("adapter_model", spec)
+                    refresh = ToolButton("\U0001f504", elem_id=self.elem_id("refresh"))
+                for pair in (("identitynet_start", "identitynet_end"), ("adapter_start", "adapter_end"),
+                             ("face_index", "uncond_noise")):
+                    with gr.Row():
+                        sliders.update({name: self._number(name, spec) for name in pair})
+                with gr.Row():
+                    score = gr.Checkbox(value=spec["similarity"][1], label=spec["similarity"][0].label,
+                                        elem_id=self.elem_id("similarity"))
+                    region = self._choice("face_region", spec)
+                region_mask = gr.Image(label=spec["face_region_mask"][0].label, type="pil", visible=False,
                                        elem_id=self.elem_id("face_region_mask"))
             gr.HTML(self._hints(spec))
         models = [identitynet, adapter, missing, download]
         for event in (refresh.click, identitynet.focus, adapter.focus):
             event(webui.refreshed_choices, outputs=models)
         download.click(download_missing, outputs=models)
-        index = sliders["face_index"]
-        preview_button.click(webui.preview, inputs=[face, pose, index, head_pose, pose_box],
+        face.change(face_thumbnails, inputs=[face], outputs=[thumbnails])
+        head_pose.change(pose_fields, inputs=[head_pose], outputs=[pose, pose_box])
+        region.change(lambda choice: gr.update(visible=choice == "mask"), inputs=[region], outputs=[region_mask])
+        for name, button in presets.items():
+            button.click(style_weights(name), outputs=[sliders["identitynet_weight"], sliders["adapter_weight"]])
+        preview_button.click(preview_faces, inputs=[face, pose, sliders["face_index"], head_pose, pose_box],
                              outputs=[preview, message]).then(
             webui.download_offer, outputs=[missing, download])  # Preview may have found the face models missing
         components = {"enabled": enabled, "face_image": face, "pose_image": pose, "pose": head_pose,
-                      "pose_box": pose_box, "identitynet_model": identitynet,
-                      "adapter_model": adapter, **sliders, "similarity": score, "face_region": region,
-                      "face_region_mask": region_mask}
+                      "pose_box": pose_box, "identitynet_model": identitynet, "adapter_model": adapter, **sliders,
+                      "similarity": score, "face_region": region, "face_region_mask": region_mask}
         # Every setting goes by a name of its own, which Send to img2img/inpaint matches and pasted infotext
         # (expanded by `expand_infotext`) fills.
         self.infotext_fields = [(components[name], paste_label(name)) for name in spec]
         self.paste_field_names = [paste_label(name) for name in spec]
         return [components[name] for name in spec]
+
+    def _choice(self, name: str, spec: dict) -> gr.Dropdown:
+        s, default = spec[name]
+        return gr.Dropdown(label=s.label, choices=list(s.choices), value=default, elem_id=self.elem_id(name))
 
     def _hints(self, spec: dict) -> str:
         # Not on the enable switch: its id is the whole accordion's, so its title would cover the panel.

@@ -288,3 +288,60 @@ def test_building_the_panel_without_a_checkpoint_does_not_start_loading_one(webu
     finally:
         shared.__class__ = original
     assert not reads and choices[0] == AUTOMATIC and len(choices) > 1
+
+
+# --- the panel's layout and helpers -------------------------------------------------------------------------
+
+def panel(webui):
+    """The built txt2img UI's blocks by their id's ending, and the script module's functions."""
+    demo = webui.build_ui()
+    blocks = {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+    def block(suffix):
+        return next(b for elem_id, b in blocks.items() if elem_id.startswith("script_txt2img_instantid_")
+                    and elem_id.endswith(suffix))
+
+    return block, type(script(webui)).ui.__globals__
+
+
+def test_the_panel_leads_with_photos_and_the_two_weights_and_folds_the_rest(webui, models_root, unets):
+    webui.set_models_path(models_root)
+    webui.set_model(unets["sdxl"], "sdxl")
+    webui.load_extension(EXTENSION_SCRIPT, build_ui=False)
+    block, module = panel(webui)
+    assert "Drop a clear photo" in block("_lead").value
+    advanced = block("_advanced")
+    assert advanced.open is False
+    folded = {c.elem_id.rsplit("_instantid_", 1)[1] for c in _descendants(advanced) if getattr(c, "elem_id", None)}
+    assert {"identitynet_start", "adapter_end", "face_index", "uncond_noise", "similarity", "face_region",
+            "identitynet_model"} <= folded
+    assert not {"identitynet_weight", "adapter_weight", "face_image"} & folded
+    for hidden in ("_preview_gallery", "_thumbnails", "_pose_box", "_face_region_mask"):
+        assert block(hidden).visible is False, hidden  # shown once there is something to show or set
+    # style presets set the two weights
+    for name, (identitynet, adapter) in module["STYLES"].items():
+        first, second = module["style_weights"](name)()
+        assert (first["value"], second["value"]) == (identitynet, adapter)
+    assert module["STYLES"]["Balanced"] == (0.8, 0.8)  # the defaults
+
+
+def _descendants(block):
+    for child in getattr(block, "children", []):
+        yield child
+        yield from _descendants(child)
+
+
+def test_the_pose_photo_and_box_show_for_their_pose_and_thumbnails_for_photos(ui):
+    module = type(script(ui)).ui.__globals__
+    photo_field, box = module["pose_fields"]("photo")
+    assert photo_field["visible"] is True and box["visible"] is False
+    photo_field, box = module["pose_fields"]("profile left")
+    assert photo_field["visible"] is False and box["visible"] is True
+    assert module["pose_fields"]("none")[1]["visible"] is False
+    shown = module["face_thumbnails"]([PhotoFile(FACE.name)])
+    assert shown["visible"] is True and len(shown["value"]) == 1
+    assert module["face_thumbnails"](None)["visible"] is False
+    gallery, message = module["preview_faces"](None, None, 0, "photo", "0.5, 0.5, 0.4")
+    assert gallery["visible"] is False and message == "Upload a face photo first."
+    gallery, _ = module["preview_faces"]([PhotoFile(FACE.name)], None, 0, "photo", "0.5, 0.5, 0.4")
+    assert gallery["visible"] is True and len(gallery["value"]) == 1
