@@ -12,6 +12,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,7 @@ def build_sgm_unet(model_channels: int, seed: int = 0, device=None, dtype=torch.
 def write_identitynet(folder: Path, model_channels: int, seed: int = 0) -> Path:
     """An IdentityNet matching `build_sgm_unet(model_channels)` in the official layout (save_pretrained);
     returns folder/ControlNetModel."""
+    import safetensors.torch  # noqa: F401  (diffusers 0.31, Forge's, saves with it without importing it)
     from diffusers import ControlNetModel
 
     from tests.fixtures import tiny_models as tm
@@ -105,6 +107,19 @@ def write_identitynet(folder: Path, model_channels: int, seed: int = 0) -> Path:
     target = Path(folder) / "ControlNetModel"
     net.save_pretrained(target)
     return target
+
+
+def step_models(model_channels: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The step benchmarks' models: the sgm UNet, and an IdentityNet and adapter fitting it, written in the published
+    formats and loaded back by the extension's own loaders."""
+    from lib_instantid.models.loading import load_adapter, load_identitynet
+
+    torch.manual_seed(0)
+    unet = build_sgm_unet(model_channels)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_identitynet(Path(tmp), model_channels)
+        write_adapter(Path(tmp) / "ip-adapter.bin", cross_attention_widths(unet))
+        return unet, load_identitynet(Path(tmp)), load_adapter(Path(tmp) / "ip-adapter.bin")
 
 
 def cross_attention_widths(unet: nn.Module) -> list[int]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +26,6 @@ import common  # noqa: E402  (puts the repository root on sys.path)
 from step_overhead import KEYPOINTS_64, flops  # noqa: E402
 
 import numpy as np  # noqa: E402
-import safetensors.torch  # noqa: E402,F401  (diffusers 0.31, Forge's, calls it without importing it)
 import torch  # noqa: E402
 
 from tests.forge import install  # noqa: E402
@@ -40,7 +38,6 @@ from backend.patcher.unet import UnetPatcher  # noqa: E402
 
 from lib_instantid.conditioning import HintFeatures, project_face  # noqa: E402
 from lib_instantid.hosts import forge as host  # noqa: E402
-from lib_instantid.models.loading import load_adapter, load_identitynet  # noqa: E402
 from lib_instantid.session import Schedule, Session  # noqa: E402
 from lib_instantid.unet_hooks import cross_attention_layers  # noqa: E402
 
@@ -66,13 +63,7 @@ def main() -> None:
     m = common.machine()
     print(common.machine_line(m))
 
-    torch.manual_seed(0)
-    unet = common.build_sgm_unet(a.channels)
-    with tempfile.TemporaryDirectory() as tmp:
-        common.write_identitynet(Path(tmp), a.channels)
-        common.write_adapter(Path(tmp) / "ip-adapter.bin", common.cross_attention_widths(unet))
-        identitynet = load_identitynet(Path(tmp))
-        adapter = load_adapter(Path(tmp) / "ip-adapter.bin")
+    unet, identitynet, adapter = common.step_models(a.channels)
     wrapped = IntegratedUNet2DConditionModel(unet)
     plain_patcher = UnetPatcher.from_model(wrapped, config=wrapped.config, k_predictor=Prediction())
     predictor = plain_patcher.model.predictor

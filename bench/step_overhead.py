@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,7 +39,6 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 from lib_instantid.conditioning import COND, UNCOND, HintFeatures, project_face  # noqa: E402
-from lib_instantid.models.loading import load_adapter, load_identitynet  # noqa: E402
 from lib_instantid.session import LATENT_SCALE, CallInfo, Schedule  # noqa: E402
 from lib_instantid.unet_hooks import InstantIDHooks  # noqa: E402
 
@@ -77,13 +75,7 @@ def main() -> None:
     m = common.machine()
     print(common.machine_line(m))
 
-    torch.manual_seed(0)
-    unet = common.build_sgm_unet(a.channels)
-    with tempfile.TemporaryDirectory() as tmp:
-        common.write_identitynet(Path(tmp), a.channels)
-        common.write_adapter(Path(tmp) / "ip-adapter.bin", common.cross_attention_widths(unet))
-        identitynet = load_identitynet(Path(tmp))
-        adapter = load_adapter(Path(tmp) / "ip-adapter.bin")
+    unet, identitynet, adapter = common.step_models(a.channels)
 
     x, t, context, y = common.sdxl_inputs(2, a.latent)
     rows = (COND, UNCOND)

@@ -44,7 +44,7 @@ def uncond_embedding(embedding: np.ndarray, noise: float) -> np.ndarray:
     if noise == 0:
         return np.zeros_like(e)
     seed = int.from_bytes(hashlib.sha256(e.tobytes()).digest()[:8], "little")
-    return (np.random.default_rng(seed).random(e.shape, dtype=np.float32) * np.float32(noise)).astype(np.float32)
+    return np.random.default_rng(seed).random(e.shape, dtype=np.float32) * np.float32(noise)
 
 
 @torch.no_grad()

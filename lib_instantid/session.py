@@ -50,7 +50,7 @@ class CallInfo:
     row_images: tuple[int, ...] | None = None
 
 
-RegionSource = Callable[[int, int, int], "np.ndarray | None"]  # (width, height, image) -> [H, W] in [0, 1], or None
+RegionSource = Callable[[int, int, int], np.ndarray]  # (width, height, image) -> [H, W] in [0, 1]
 
 
 class RegionMasks:
@@ -60,14 +60,15 @@ class RegionMasks:
 
     def __init__(self, pixels: torch.Tensor) -> None:
         self.pixels = pixels
-        self._residual: dict[tuple[int, int], torch.Tensor] = {}
+        self._residual: dict[tuple, torch.Tensor] = {}
         self._attention: dict[int, torch.Tensor] = {}
 
     def residual(self, like: torch.Tensor) -> torch.Tensor:
-        size = tuple(like.shape[-2:])
-        if size not in self._residual:
-            self._residual[size] = F.interpolate(self.pixels, size, mode="bilinear")
-        return self._residual[size].to(like.dtype)
+        """[rows or 1, 1, h, w] in the dtype of `like`, a residual of that size."""
+        key = (*like.shape[-2:], like.dtype)
+        if key not in self._residual:
+            self._residual[key] = F.interpolate(self.pixels, like.shape[-2:], mode="bilinear").to(like.dtype)
+        return self._residual[key]
 
     def attention(self, tokens: int) -> torch.Tensor:
         """[rows or 1, tokens, 1, 1] for a layer whose query has `tokens` positions."""
@@ -96,7 +97,7 @@ class Rows:
         self.face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.identitynet_context: ProjectedContext | None = None
         self.hints: dict[tuple[int, int], torch.Tensor] = {}
-        self.regions: dict[tuple[int, int], RegionMasks | None] = {}
+        self.regions: dict[tuple[int, int], RegionMasks] = {}
 
     @property
     def all_served(self) -> bool:

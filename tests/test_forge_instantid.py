@@ -52,7 +52,7 @@ class Spy:
         self.host = host
 
     def step(self) -> int:
-        return self.host._ACTIVE.rows.step
+        return self.host.ACTIVE.run.rows.step
 
 
 def expected_kinds(call) -> list[int]:
@@ -87,8 +87,8 @@ def test_each_path_alone_changes_the_image(ui, face):
         assert np.abs(pixels(generate(ui, instantid=on(face, **weights))) - never).max() > 3, weights
 
 
-def test_the_same_settings_give_the_same_image_as_on_a1111_semantics(ui, face):
-    """Repeatable: a second identical job (cached tokens, K/V and models) gives the identical image."""
+def test_a_repeated_job_gives_the_identical_image(ui, face):
+    """A second identical job (cached tokens, K/V and models) gives the identical image."""
     first = pixels(generate(ui, instantid=on(face)))
     assert np.array_equal(pixels(generate(ui, instantid=on(face))), first)
 

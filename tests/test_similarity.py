@@ -3,7 +3,9 @@ resembles the identity; the route scores any image; nothing of it runs when the 
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 
+import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the s
 )
 
 from lib_instantid import similarity
+from lib_instantid.args import InstantIDArgs
 from lib_instantid.face import FaceAnalyzer, average_embedding
 from lib_instantid.hosts import webui as webui_host
 
@@ -98,6 +101,9 @@ def test_the_similarity_route(ui):
 def test_similarity_is_a_setting_of_the_api_and_the_panel(ui):
     response = api_job(ui.api_client(), [{"enabled": True, "face_image": b64(photo()), "similarity": False}])
     assert response.status_code == 200 and "InstantID similarity" not in response.json()["info"]
+    assert decode(response).shape[-1] == 3
     bad = api_job(ui.api_client(), [{"enabled": True, "face_image": b64(photo()), "similarity": "yes"}])
     assert bad.status_code == 422 and "similarity" in bad.json()["detail"]
-    assert decode(response).shape[-1] == 3
+    names = [f.name for f in fields(InstantIDArgs)]
+    checkbox = ui.runner().script("InstantID").controls[names.index("similarity")]
+    assert isinstance(checkbox, gr.Checkbox) and checkbox.value is True and checkbox.label == "Identity score"

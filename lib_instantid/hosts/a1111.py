@@ -17,7 +17,7 @@ from ..models.loading import place
 from ..pipeline import CONDITIONING, MODEL_CACHE, Job, prepare_job
 from ..session import OFF, CallInfo
 from ..unet_hooks import InstantIDHooks, unet_architecture
-from .webui import SampleScope, Settings, for_host, unet_of_model
+from .webui import ActiveRun, SampleScope, Settings, for_host, unet_of_model
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +125,6 @@ def controlnet_marks(context: torch.Tensor | None) -> list[int] | None:
 
 # --- one job -----------------------------------------------------------------------------------------------------
 
-_ACTIVE: "JobRun | None" = None  # the run whose p.sample is running: the denoiser callback reports to it
-_RELEASE_PENDING = False  # a checkpoint was loaded while a run was active: release the caches when it ends
-
-
-def on_cfg_denoiser(params) -> None:
-    """Registered for `on_cfg_denoiser`: every denoiser call of every job; only a running InstantID job listens."""
-    if _ACTIVE is not None:
-        _ACTIVE.on_denoiser(params)
-
-
 def start_job(p, script_args: tuple) -> None:
     """The script's `process` hook, for every processing of `p`. Nothing at all unless InstantID is turned on (then
     the models InstantID keeps loaded leave the GPU for the other job)."""
@@ -181,19 +171,15 @@ class JobRun:
     # --- while p.sample runs
 
     def sample(self, original, args: tuple, kwargs: dict):
-        global _ACTIVE
         try:
             self._hook(unet_of(self.p), self.job)
         except InstantIDError as e:
             raise for_host(self.p, e) from e
-        _ACTIVE = self
-        try:
-            return original(*args, **kwargs)
-        finally:
-            _ACTIVE = None
-            self._unhook()
-            if _RELEASE_PENDING:
-                release_models()
+        with ACTIVE.running(self):
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._unhook()
 
     def _hook(self, unet: torch.nn.Module, job: Job | None) -> None:
         """Hooks for this UNet; raises the error kept from `prepare`, or a refusal of what cannot be served."""
@@ -279,19 +265,11 @@ def release_device_memory() -> None:
     CONDITIONING.clear()
 
 
-def on_model_loaded(sd_model) -> None:
-    """Registered for `on_model_loaded`: a new checkpoint; what was loaded for the old one goes (after the running
-    job, when a refiner or hires checkpoint is loaded during one)."""
-    global _RELEASE_PENDING
-    if _ACTIVE is not None:
-        _RELEASE_PENDING = True
-        return
-    release_models()
-
-
 def release_models() -> None:
-    global _RELEASE_PENDING
-    _RELEASE_PENDING = False
     MODEL_CACHE.clear()
     CONDITIONING.clear()
     devices.torch_gc()
+
+
+ACTIVE = ActiveRun(release_models)
+on_cfg_denoiser, on_model_loaded = ACTIVE.on_cfg_denoiser, ACTIVE.on_model_loaded  # the script registers these

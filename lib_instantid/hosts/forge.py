@@ -29,7 +29,7 @@ from ..errors import InstantIDError
 from ..models.identitynet import IdentityNet
 from ..pipeline import CONDITIONING, MODEL_CACHE, Job, prepare_job
 from ..session import OFF, CallInfo, CallState, Session, add_heads, face_attention
-from .webui import SampleScope, Settings, for_host
+from .webui import ActiveRun, SampleScope, Settings, for_host
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +181,6 @@ def patched(unet_patcher, injection: Injection, identitynet: IdentityNet | None)
 
 # --- one job -----------------------------------------------------------------------------------------------------
 
-_ACTIVE: "ForgeRun | None" = None  # the run whose p.sample is running: the denoiser callback reports to it
-_RELEASE_PENDING = False
-
-
-def on_cfg_denoiser(params) -> None:
-    """Registered for `on_cfg_denoiser`: every denoiser call of every job; only a running InstantID job listens."""
-    if _ACTIVE is not None:
-        _ACTIVE.rows.on_cfg_denoiser(params)
-
-
 def start_job(p, script_args: tuple) -> None:
     """The script's `process` hook, for every processing of `p`. Nothing at all unless InstantID is turned on."""
     if not InstantIDArgs.requested(script_args):
@@ -244,21 +234,19 @@ class ForgeRun:
         self.p.extra_generation_params[INFOTEXT_KEY] = job.infotext(self.settings.notes)
 
     def sample(self, original, args: tuple, kwargs: dict):
-        global _ACTIVE
         if self.error is not None:
             raise self._told(self.error)
-        _ACTIVE = self
-        try:
-            result = original(*args, **kwargs)
-        except InstantIDError as e:
-            raise for_host(self.p, e) from e
-        finally:
-            _ACTIVE = None
-            if _RELEASE_PENDING:
-                release_models()
+        with ACTIVE.running(self):
+            try:
+                result = original(*args, **kwargs)
+            except InstantIDError as e:
+                raise for_host(self.p, e) from e
         if self.error is not None:  # a pass could not be patched: it ran without InstantID, so the job fails
             raise self._told(self.error)
         return result
+
+    def on_denoiser(self, params) -> None:
+        self.rows.on_cfg_denoiser(params)
 
     def _told(self, error: BaseException) -> BaseException:
         return for_host(self.p, error) if isinstance(error, InstantIDError) else error
@@ -298,19 +286,8 @@ class ForgeRun:
 
 # --- memory ------------------------------------------------------------------------------------------------------
 
-def on_model_loaded(sd_model) -> None:
-    """Registered for `on_model_loaded`: a new checkpoint; what was loaded for the old one goes."""
-    global _RELEASE_PENDING
-    if _ACTIVE is not None:
-        _RELEASE_PENDING = True
-        return
-    release_models()
-
-
 def release_models() -> None:
     """Models, tokens and K/V go; an IdentityNet Forge still holds on the GPU is unloaded there."""
-    global _RELEASE_PENDING
-    _RELEASE_PENDING = False
     patchers = list(_PATCHERS.values())
     for loaded in list(memory_management.current_loaded_models):
         if any(loaded.model is patcher for patcher in patchers):
@@ -320,3 +297,7 @@ def release_models() -> None:
     MODEL_CACHE.clear()
     CONDITIONING.clear()
     memory_management.soft_empty_cache()
+
+
+ACTIVE = ActiveRun(release_models)
+on_cfg_denoiser, on_model_loaded = ACTIVE.on_cfg_denoiser, ACTIVE.on_model_loaded  # the script registers these

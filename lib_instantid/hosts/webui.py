@@ -11,7 +11,9 @@ it: each run replaces the previous one's state, and the wrapper is installed onc
 """
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ from ..models.architecture import Architecture
 from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, analyse_identity
 from ..unet_hooks import unet_architecture
 from . import poses as posing
+
 
 class InstantID(RuntimeError):
     """What a job with InstantID stops with in the panel: the WebUI shows the class name, then the message."""
@@ -182,6 +185,40 @@ class SampleScope:
         if self.run is None:
             return self.original(*args, **kwargs)
         return self.run.sample(self.original, args, kwargs)
+
+
+class ActiveRun:
+    """A host's run whose `p.sample` is running: the CFG denoiser callback reports to it (its `on_denoiser`), and a
+    checkpoint loaded meanwhile (a refiner, a hires checkpoint) releases what was loaded for the old one only when
+    the run ends."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self.run = None
+        self.release = release
+        self.release_pending = False
+
+    @contextlib.contextmanager
+    def running(self, run):
+        self.run = run
+        try:
+            yield
+        finally:
+            self.run = None
+            if self.release_pending:
+                self.release_pending = False
+                self.release()
+
+    def on_cfg_denoiser(self, params) -> None:
+        """Registered for `on_cfg_denoiser`: every denoiser call of every job; only a running InstantID job listens."""
+        if self.run is not None:
+            self.run.on_denoiser(params)
+
+    def on_model_loaded(self, sd_model) -> None:
+        """Registered for `on_model_loaded`: a new checkpoint; what was loaded for the old one goes."""
+        if self.run is not None:
+            self.release_pending = True
+        else:
+            self.release()
 
 
 SIMILARITY_KEY = f"{INFOTEXT_KEY} similarity"
