@@ -37,6 +37,59 @@ def setting(default: Any, spec: Spec) -> Any:
 
 WEIGHT = dict(kind=float, minimum=0.0, maximum=2.0)
 FRACTION = dict(kind=float, minimum=0.0, maximum=1.0)
+MAX_IDENTITIES = 4
+REGIONS = ("left", "right", "box", "mask")
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class IdentityArgs:
+    """One person of several (the `identities` setting): their photos, where in the image they go, and their own
+    weights and pose. Weights, pose and face index left out (None) are the top-level settings'."""
+
+    face_image: tuple = setting((), Spec("Face photo(s)", list, help="Photos of this person, averaged as above."))
+    region: str = setting("", Spec(
+        "Region", str, infotext="region", choices=REGIONS,
+        help="Where this person goes: the left or right half, a box, or where a mask is white."))
+    region_box: tuple = setting(WHOLE_IMAGE, Spec(
+        "Region box (x, y, width, height)", tuple, minimum=0.0, maximum=1.0, length=4, infotext="region_box",
+        help="For region 'box': its top-left corner and size, as fractions of the image."))
+    region_mask: Any = setting(None, Spec("Region mask", object, help="For region 'mask': white where this person is."))
+    pose: str | None = setting(None, Spec("Pose", str, infotext="pose", choices=pose_presets.POSES))
+    pose_box: tuple = setting(pose_presets.DEFAULT_BOX, Spec(
+        "Pose box (x, y, size)", tuple, minimum=0.0, maximum=1.0, length=3, infotext="pose_box",
+        help="For a chosen head pose: the head's centre and height as fractions of this person's region."))
+    pose_image: Any = setting(None, Spec("Pose photo", object))
+    identitynet_weight: float | None = setting(None, Spec("IdentityNet weight", infotext="identitynet_weight",
+                                                          **WEIGHT))
+    adapter_weight: float | None = setting(None, Spec("Adapter weight", infotext="adapter_weight", **WEIGHT))
+    face_index: int | None = setting(None, Spec("Face index", int, minimum=0, maximum=99, infotext="face_index"))
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str) -> "IdentityArgs":
+        if not isinstance(values, dict):
+            raise InstantIDError(f"{where} must be an object with face_image, region, ... ; got {values!r}.",
+                                 field=where)
+        if "region" not in values:
+            raise InstantIDError(f"{where}.region is missing: say where this person goes ({', '.join(REGIONS)}).",
+                                 field=f"{where}.region")
+        person = cls(**_checked(cls, values, f"{where}."))
+        x, y, w, h = person.region_box
+        if w == 0 or h == 0 or x + w > 1 + 1e-6 or y + h > 1 + 1e-6:
+            raise InstantIDError(f"{where}.region_box {list(person.region_box)} is not a box inside the image: x + "
+                                 "width and y + height must be at most 1, width and height above 0.",
+                                 field=f"{where}.region_box")
+        return person
+
+    def inheriting(self, top: "InstantIDArgs") -> "IdentityArgs":
+        """With the settings left out taken from the top-level ones."""
+        inherited = {name: getattr(top, name) for name in ("pose", "identitynet_weight", "adapter_weight",
+                                                           "face_index") if getattr(self, name) is None}
+        return replace(self, **inherited)
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings the infotext records (no images), by field name."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.metadata["spec"].infotext}
 
 
 @dataclass(frozen=True)
@@ -96,6 +149,10 @@ class InstantIDArgs:
     face_region_mask: Any = setting(None, Spec(
         "Region mask", object,
         help="For face region 'mask': white where InstantID acts, black where it does not; stretched to the image."))
+    identities: tuple = setting((), Spec(
+        "Several people", dict, infotext="Identities",
+        help=f"Up to {MAX_IDENTITIES} people in one image, each in its own region with their own photos, weights "
+             "and pose. Leave the face photo above empty then."))
 
     @staticmethod
     def requested(args: Sequence[Any]) -> bool:
@@ -115,24 +172,40 @@ class InstantIDArgs:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "InstantIDArgs":
-        specs = {f.name: f.metadata["spec"] for f in fields(cls)}
-        unknown = sorted(set(values) - specs.keys(), key=str)
-        if unknown:
-            raise InstantIDError(
-                f"Unknown InstantID field {unknown[0]!r}. Allowed fields: {', '.join(specs)}.", field=str(unknown[0])
-            )
-        checked = {name: _check(name, specs[name], value) for name, value in values.items()}
-        args = cls(**checked)
-        args._check_windows()
+        args = cls(**_checked(cls, values, ""))
+        args._check_consistent()
         return args
 
     def check_ready(self) -> None:
         """What an enabled job needs beyond valid values."""
-        if self.enabled and not self.face_image:
+        if not self.enabled:
+            return
+        if not self.face_image and not self.identities:
             raise InstantIDError("face_image is missing: give a photo of the person's face.", field="face_image")
-        if self.enabled and self.face_region == "mask" and self.face_region_mask is None:
+        if self.face_region == "mask" and self.face_region_mask is None:
             raise InstantIDError("face_region is 'mask' but face_region_mask is missing: give the mask (white where "
                                  "InstantID acts), or choose another face_region.", field="face_region_mask")
+        for i, person in enumerate(self.identities):
+            if not person.face_image:
+                raise InstantIDError(f"identities[{i}].face_image is missing: give a photo of person {i + 1}.",
+                                     field="identities")
+            if person.region == "mask" and person.region_mask is None:
+                raise InstantIDError(f"identities[{i}].region is 'mask' but its region_mask is missing: give the mask "
+                                     "(white where this person is), or choose another region.", field="identities")
+
+    def people(self) -> tuple[IdentityArgs, ...]:
+        """The identities with the settings they leave out filled in from the top-level ones."""
+        return tuple(person.inheriting(self) for person in self.identities)
+
+    def _check_consistent(self) -> None:
+        self._check_windows()
+        if not self.identities:
+            return
+        for name, off in (("face_image", ()), ("pose_image", None), ("face_region", "off")):
+            if getattr(self, name) != off:
+                raise InstantIDError(
+                    f"{name} is set together with identities: with several people each identity has its own photos "
+                    f"and region; leave {name} empty (or off) and give it inside the identities.", field=name)
 
     def _check_windows(self) -> None:
         for path in ("identitynet", "adapter"):
@@ -147,12 +220,14 @@ class InstantIDArgs:
         """A copy with some settings replaced (e.g. by an XYZ plot axis), checked like any input."""
         specs = {f.name: f.metadata["spec"] for f in fields(self)}
         args = replace(self, **{k: _check(k, specs[k], v) for k, v in values.items()})
-        args._check_windows()
+        args._check_consistent()
         return args
 
     def infotext(self, extra: dict[str, str] | None = None) -> str:
         """The value of the `InstantID` infotext entry: the recorded settings (never the images), plus `extra`."""
-        pairs = {spec.infotext: _format(getattr(self, f.name)) for f, spec in _recorded()}
+        resolved = replace(self, identities=self.people())
+        pairs = {spec.infotext: _format(getattr(resolved, f.name)) for f, spec in _recorded()
+                 if spec.kind is not dict or self.identities}  # no Identities entry for one person
         pairs.update(extra or {})
         return ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items())
 
@@ -190,7 +265,35 @@ def _recorded() -> list:
     return [(f, f.metadata["spec"]) for f in fields(InstantIDArgs) if f.metadata["spec"].infotext]
 
 
+def _checked(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The values of a settings dataclass's fields, each checked; unknown names refused, listing the allowed ones."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - known.keys(), key=str)
+    if unknown:
+        name = f"{prefix}{unknown[0]}"
+        raise InstantIDError(f"Unknown InstantID field {name!r}. Allowed fields: {', '.join(known)}.", field=name)
+    return {name: None if value is None and known[name].default is None  # left out: inherited
+            else _check(f"{prefix}{name}", known[name].metadata["spec"], value) for name, value in values.items()}
+
+
+def _check_identities(name: str, value: Any) -> tuple[IdentityArgs, ...]:
+    if isinstance(value, str):  # the panel's state and pasted infotext carry them as JSON
+        try:
+            value = json.loads(value) if value.strip() else []
+        except json.JSONDecodeError:
+            raise InstantIDError(f"{name} must be a list of identities (JSON), got {value!r}.", field=name) from None
+    if not isinstance(value, (list, tuple)):
+        raise InstantIDError(f"{name} must be a list of identities, got {value!r}.", field=name)
+    if len(value) > MAX_IDENTITIES:
+        raise InstantIDError(f"{name} has {len(value)} identities; at most {MAX_IDENTITIES} are supported.",
+                             field=name)
+    return tuple(item if isinstance(item, IdentityArgs) else IdentityArgs.from_dict(item, f"{name}[{i}]")
+                 for i, item in enumerate(value))
+
+
 def _check(name: str, spec: Spec, value: Any) -> Any:
+    if spec.kind is dict:
+        return () if _is_empty(value) else _check_identities(name, value)
     if spec.kind is object:
         return None if _is_empty(value) else decode_image(value, name)
     if spec.kind is list:
@@ -248,7 +351,14 @@ def _range(spec: Spec) -> str:
     return f"{_format(spec.kind(spec.minimum))} to {_format(spec.kind(spec.maximum))}"
 
 
+def _plain(value: Any) -> Any:
+    """A setting's value as JSON holds it."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _format(value: Any) -> str:
+    if isinstance(value, tuple) and value and isinstance(value[0], IdentityArgs):
+        return json.dumps([person.recorded() for person in value], separators=(",", ":"))
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple):
@@ -259,6 +369,11 @@ def _format(value: Any) -> str:
 def _parse(spec: Spec, text: str) -> Any:
     if spec.kind is str:
         return text
+    if spec.kind is dict:
+        try:
+            return [dict(person) for person in json.loads(text)]
+        except (ValueError, TypeError):
+            return None
     if spec.kind is tuple:
         try:
             return _check_numbers("", spec, text)

@@ -6,14 +6,14 @@ call are cond/uncond, and where the pose keypoints land in each generation size.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
-from . import pose_presets
 from .args import InstantIDArgs
 from .conditioning import ConditioningStore, FaceTokens, HintFeatures
 from .face import DetectedFace, FaceAnalyzer, average_embedding, choose_face
@@ -21,7 +21,7 @@ from .models import catalog
 from .models.adapter import FaceAdapter
 from .models.identitynet import IdentityNet
 from .models.loading import ModelCache, load_adapter, load_identitynet
-from .session import RegionSource, Schedule, Session
+from .session import IdentityTerms, RegionSource, Schedule, Session
 from .unet_hooks import CallInfoSource, InstantIDHooks, check_compatible, cross_attention_layers, unet_architecture
 
 CPU = torch.device("cpu")
@@ -44,14 +44,36 @@ class Identity:
         return f"{which} of {found}"
 
 
-def analyse_identity(analyzer: FaceAnalyzer, args: InstantIDArgs) -> Identity:
+def analyse_identity(analyzer: FaceAnalyzer, photos: Sequence[Image.Image], face_index: int,
+                     person: str = "") -> Identity:
+    """The identity of the chosen face in each photo; `person` names whose photos they are in messages."""
     chosen, found = [], []
-    for i, photo in enumerate(args.face_image):
-        what = "face image" if len(args.face_image) == 1 else f"face image {i + 1}"
+    for i, photo in enumerate(photos):
+        what = "face image" if len(photos) == 1 else f"face image {i + 1}"
         faces = analyzer.detect(photo)
-        chosen.append(choose_face(faces, args.face_index, what))
+        chosen.append(choose_face(faces, face_index, f"{person}{what}"))
         found.append(len(faces))
     return Identity(average_embedding(chosen), chosen[0], tuple(found))
+
+
+KeypointSource = Callable[[int, int, int], np.ndarray]  # (width, height, image) -> 5 keypoints on that canvas
+
+
+@dataclass(frozen=True)
+class Person:
+    """One identity of a job as the host stages it: who, their two weights, and where they go: their keypoints on
+    each canvas (None: no IdentityNet pass for them, pose "none") and their region (None: everywhere)."""
+
+    identity: Identity
+    face_index: int
+    adapter_weight: float
+    identitynet_weight: float
+    keypoints_for: KeypointSource | None
+    region: RegionSource | None = None
+
+    @property
+    def posed(self) -> bool:
+        return self.keypoints_for is not None and self.identitynet_weight != 0
 
 
 @dataclass
@@ -59,37 +81,37 @@ class Job:
     """Everything computed once per job for one UNet; `hooks` attaches it to that UNet for one sampling call."""
 
     args: InstantIDArgs
-    identity: Identity
+    people: tuple[Person, ...]
     adapter_entry: catalog.ModelEntry
     identitynet_entry: catalog.ModelEntry | None
     adapter: FaceAdapter
     identitynet: IdentityNet | None
-    tokens: FaceTokens
+    tokens: tuple[FaceTokens, ...]  # per person
 
     def hooks(self, unet: torch.nn.Module, call_info: CallInfoSource,
-              keypoints_for: Callable[[int, int, int], np.ndarray],
-              identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
-              region: RegionSource | None = None) -> InstantIDHooks:
+              identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext) -> InstantIDHooks:
         """PyTorch hooks on `unet` (the A1111 host): they ask `call_info` about each UNet call's rows and step."""
-        return InstantIDHooks(unet, self.tokens, call_info,
-                              **self._session_parts(keypoints_for, identitynet_scope, region))
+        return InstantIDHooks(unet, self.tokens[0], call_info, **self._session_parts(identitynet_scope))
 
-    def session(self, unet: torch.nn.Module, keypoints_for: Callable[[int, int, int], np.ndarray],
-                region: RegionSource | None = None) -> Session:
+    def session(self, unet: torch.nn.Module) -> Session:
         """What each call of `unet` needs (the Forge host applies it with its own patches and ControlNet chain)."""
         check_compatible(unet_architecture(unet), self.adapter, self.identitynet)
         heads = [layer.heads for layer in cross_attention_layers(unet)]
-        return Session(self.tokens, heads, **self._session_parts(keypoints_for, contextlib.nullcontext, region))
+        return Session(self.tokens[0], heads, **self._session_parts(contextlib.nullcontext))
 
-    def _session_parts(self, keypoints_for: Callable[[int, int, int], np.ndarray],
-                       identitynet_scope: Callable[[], AbstractContextManager], region: RegionSource | None) -> dict:
+    def _session_parts(self, identitynet_scope: Callable[[], AbstractContextManager]) -> dict:
         a = self.args
-        hint = None if self.identitynet is None else HintFeatures(self.identitynet, keypoints_for, CONDITIONING)
+        terms = [IdentityTerms(
+            tokens, Schedule(person.adapter_weight, a.adapter_start, a.adapter_end),
+            Schedule(person.identitynet_weight, a.identitynet_start, a.identitynet_end),
+            HintFeatures(self.identitynet, person.keypoints_for, CONDITIONING)
+            if self.identitynet is not None and person.posed else None, person.region)
+            for person, tokens in zip(self.people, self.tokens)]
+        first = terms[0]
         return dict(
-            adapter=self.adapter, adapter_schedule=Schedule(a.adapter_weight, a.adapter_start, a.adapter_end),
-            identitynet=self.identitynet,
-            identitynet_schedule=Schedule(a.identitynet_weight, a.identitynet_start, a.identitynet_end),
-            hint=hint, store=CONDITIONING, identitynet_scope=identitynet_scope, region=region,
+            adapter=self.adapter, adapter_schedule=first.adapter_schedule, identitynet=self.identitynet,
+            identitynet_schedule=first.identitynet_schedule, hint=first.hint, store=CONDITIONING,
+            identitynet_scope=identitynet_scope, region=first.region, others=terms[1:],
         )
 
     def infotext(self, extra: dict[str, str] | None = None) -> str:
@@ -97,12 +119,15 @@ class Job:
             adapter_model=self.adapter_entry.name,
             identitynet_model=self.identitynet_entry.name if self.identitynet_entry else self.args.identitynet_model,
         )
-        return resolved.infotext({"Face": self.identity.describe(self.args.face_index), **(extra or {})})
+        faces = "; ".join(person.identity.describe(person.face_index) for person in self.people)
+        return resolved.infotext({"Face": faces, **(extra or {})})
 
 
-def prepare_job(args: InstantIDArgs, identity: Identity, models: list[catalog.ModelEntry], unet: torch.nn.Module,
-                device: torch.device, dtype: torch.dtype, identitynet_device: torch.device | None = None) -> Job:
-    """Choose and load the models for this UNet and project the face. Raises with a clear message on any misfit.
+def prepare_job(args: InstantIDArgs, people: Sequence[Person], models: list[catalog.ModelEntry],
+                unet: torch.nn.Module, device: torch.device, dtype: torch.dtype,
+                identitynet_device: torch.device | None = None) -> Job:
+    """Choose and load the models for this UNet and project each person's face. Raises with a clear message on any
+    misfit.
 
     The adapter stays on the CPU in its file's dtype: only its tokens and per-layer K/V (megabytes) are made on
     `device`. The IdentityNet is in `dtype` on `identitynet_device`; None leaves it where the host's memory manager
@@ -110,12 +135,13 @@ def prepare_job(args: InstantIDArgs, identity: Identity, models: list[catalog.Mo
     shape = unet_architecture(unet)
     adapter_entry = catalog.choose(models, catalog.ADAPTER, args.adapter_model, shape, "adapter_model")
     identitynet_entry = None
-    if args.identitynet_weight and args.pose != pose_presets.NONE:
+    if any(person.posed for person in people):
         identitynet_entry = catalog.choose(models, catalog.IDENTITYNET, args.identitynet_model, shape,
                                            "identitynet_model")
     adapter = MODEL_CACHE.get(adapter_entry.path, load_adapter, CPU, None)
     identitynet = None
     if identitynet_entry is not None:
         identitynet = MODEL_CACHE.get(identitynet_entry.path, load_identitynet, identitynet_device, dtype)
-    tokens = CONDITIONING.tokens(adapter, identity.embedding, device, dtype, args.uncond_noise)
-    return Job(args, identity, adapter_entry, identitynet_entry, adapter, identitynet, tokens)
+    tokens = tuple(CONDITIONING.tokens(adapter, person.identity.embedding, device, dtype, args.uncond_noise)
+                   for person in people)
+    return Job(args, tuple(people), adapter_entry, identitynet_entry, adapter, identitynet, tokens)

@@ -1,11 +1,13 @@
 """What InstantID computes in each UNet call, whichever way a host injects it: the rows' face keys/values for the
-face attention, and the IdentityNet's residuals. The A1111 host applies them with PyTorch hooks (unet_hooks), Forge
+face attention, and the IdentityNet's residuals. With several identities (people) each has its own tokens, keypoints
+and region: the face term is the sum of each identity's term masked to its region, the residuals the sum of each
+identity's IdentityNet pass, weighted and masked to its region. The A1111 host applies them with PyTorch hooks (unet_hooks), Forge
 with its own patches and ControlNet chain (hosts/forge); both ask a Session.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -80,6 +82,18 @@ class RegionMasks:
         return self._attention[tokens]
 
 
+@dataclass(frozen=True)
+class IdentityTerms:
+    """One identity of a session: its face tokens, each path's schedule, its keypoint features (None: its
+    IdentityNet path is off) and where in each image it acts (None: everywhere)."""
+
+    tokens: FaceTokens
+    adapter_schedule: Schedule
+    identitynet_schedule: Schedule
+    hint: HintFeatures | None = None
+    region: RegionSource | None = None
+
+
 class Rows:
     """What one row layout (the kind and image of each row of a UNet call) determines within a session: the face K/V
     of each layer for those rows, the IdentityNet's projected face context and its keypoint features. All are pure
@@ -94,10 +108,11 @@ class Rows:
         self.served = [i for i, kind in enumerate(kinds) if kind != OFF]
         self.served_index = torch.tensor(self.served, dtype=torch.long, device=device)
         self.served_kinds = tuple(kinds[i] for i in self.served)
-        self.face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.identitynet_context: ProjectedContext | None = None
-        self.hints: dict[tuple[int, int], torch.Tensor] = {}
-        self.regions: dict[tuple[int, int], RegionMasks] = {}
+        # per identity (index into the session's identities)
+        self.face_kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.identitynet_context: dict[int, ProjectedContext] = {}
+        self.hints: dict[tuple[int, int, int], torch.Tensor] = {}  # (identity, width, height)
+        self.regions: dict[tuple[int, int, int], RegionMasks | None] = {}
 
     @property
     def all_served(self) -> bool:
@@ -114,21 +129,30 @@ class Rows:
         return both.index_select(0, self.row_kind)
 
 
+@dataclass(frozen=True)
+class FaceTerm:
+    """One identity's face attention in one call: per layer (K, V × adapter weight) for the call's rows, and where
+    the term acts (None: everywhere)."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    region: RegionMasks | None = None
+
+
 @dataclass
 class CallState:
     """One UNet call's share of InstantID."""
 
     rows: Rows
-    face_kv: list[tuple[torch.Tensor, torch.Tensor]] | None  # per layer, for these rows, V × adapter weight; None: off
-    residuals: list[torch.Tensor] | None  # unscaled, in the order of the input blocks
+    faces: tuple[FaceTerm, ...]  # of the identities whose adapter acts in this call; empty: the face term is off
+    residuals: list[torch.Tensor] | None  # in the order of the input blocks, masked to the regions
     mid: torch.Tensor | None
-    identitynet_weight: float
-    region: RegionMasks | None = None  # where the face term acts (the residuals come masked already); None: everywhere
+    identitynet_weight: float  # what the residuals are added with (1 when they come weighted: several identities)
+    identitynet_acts: bool = False
 
 
 class Session:
-    """InstantID for one sampling run on one UNet: the fixed tokens, per-layer face K/V, schedules and keypoints, and
-    what each call needs of them."""
+    """InstantID for one sampling run on one UNet: each identity's fixed tokens, per-layer face K/V, schedules,
+    keypoints and region, and what each call needs of them."""
 
     def __init__(
         self,
@@ -143,51 +167,74 @@ class Session:
         store: ConditioningStore | None = None,
         identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
         region: RegionSource | None = None,
+        others: Sequence[IdentityTerms] = (),
     ) -> None:
-        """`layer_heads`: the head count of each cross-attention layer, in the adapter's order. `region`: where in
-        each image InstantID acts (face_region); None: everywhere. `store` keeps the face
-        K/V and the IdentityNet's projected face context for later sessions (jobs) with the same tokens and models;
-        without one they are computed for this session only. Each IdentityNet run happens inside
+        """The first identity is given by `tokens`, the two schedules, `hint` and `region`; `others` are further
+        identities (several people), each with its own. `layer_heads`: the head count of each cross-attention layer,
+        in the adapter's order. `region`: where in each image the identity acts; None: everywhere. `store` keeps the
+        face K/V and the IdentityNet's projected face context for later sessions (jobs) with the same tokens and
+        models; without one they are computed for this session only. Each IdentityNet run happens inside
         `identitynet_scope()`: the host's way to have it on the right device then."""
-        self.tokens = tokens
-        self.adapter_schedule = adapter_schedule if adapter is not None else Schedule(0.0)
+        off = Schedule(0.0)
+        self.identities = [
+            IdentityTerms(terms.tokens, terms.adapter_schedule if adapter is not None else off,
+                          terms.identitynet_schedule if identitynet is not None and terms.hint is not None else off,
+                          terms.hint, terms.region)
+            for terms in (IdentityTerms(tokens, adapter_schedule, identitynet_schedule, hint, region), *others)]
         self.identitynet = identitynet
-        self.identitynet_schedule = identitynet_schedule if identitynet is not None else Schedule(0.0)
-        self.hint, self.store, self.identitynet_scope = hint, store, identitynet_scope
-        self.region = region
-        self.face_kv = []
+        self.store, self.identitynet_scope = store, identitynet_scope
+        self.device = tokens.both.device
+        self.face_kv = []  # per identity, per layer
         if adapter is not None:
-            self.face_kv = store.face_kv(adapter, tokens, layer_heads) if store else face_kv(adapter, tokens, layer_heads)
+            self.face_kv = [store.face_kv(adapter, t.tokens, layer_heads) if store else
+                            face_kv(adapter, t.tokens, layer_heads) for t in self.identities]
         self._rows: dict[tuple, Rows] = {}
+
+    @property
+    def face_layers(self) -> int:
+        """How many cross-attention layers get a face term (the adapter's; none without an adapter)."""
+        return len(self.face_kv[0]) if self.face_kv else 0
 
     def call(self, info: CallInfo, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None) -> CallState:
         """What this call needs: the face K/V when the adapter acts, the residuals when the IdentityNet does."""
-        if len(info.row_kinds) != x.shape[0]:
+        state = self.state(info, x.shape)
+        if state.identitynet_acts:
+            with self.identitynet_scope():
+                state.residuals, state.mid, state.identitynet_weight = self.identitynet_residuals(
+                    x, timesteps, state.rows, y, info)
+        return state
+
+    def state(self, info: CallInfo, latent_shape: tuple[int, ...]) -> CallState:
+        """The call's state without the residuals (the host runs the IdentityNet when `identitynet_acts`)."""
+        if len(info.row_kinds) != latent_shape[0]:
             raise RuntimeError(
-                f"InstantID: the UNet was called with {x.shape[0]} rows but the sampler described "
+                f"InstantID: the UNet was called with {latent_shape[0]} rows but the sampler described "
                 f"{len(info.row_kinds)}; cannot tell cond from uncond rows."
             )
         rows = self.rows(tuple(info.row_kinds), info.row_images)
-        residuals, mid = None, None
-        if rows.served and self.identitynet_schedule.active(info.step, info.total_steps):
-            with self.identitynet_scope():
-                residuals, mid = self.identitynet_residuals(x, timesteps, rows, y)
-        return CallState(rows, self.face_kv_for(rows, info), residuals, mid, self.identitynet_schedule.weight,
-                         self.region_of(rows, x.shape, x.device))
+        acts = bool(rows.served) and bool(self._acting(info, "identitynet_schedule"))
+        first = self.identities[0].identitynet_schedule.weight
+        return CallState(rows, self.faces_for(rows, info, latent_shape), None, None, first, acts)
 
-    def region_of(self, rows: Rows, latent_shape: tuple[int, ...], device: torch.device) -> RegionMasks | None:
-        """The face region of each row's image at the canvas size of a latent of this shape; None when InstantID
-        acts everywhere."""
-        if self.region is None:
+    def _acting(self, info: CallInfo, schedule: str) -> list[int]:
+        """The identities whose path (its schedule's attribute name) acts in this call."""
+        return [i for i, t in enumerate(self.identities) if getattr(t, schedule).active(info.step, info.total_steps)]
+
+    def region_of(self, rows: Rows, identity: int, latent_shape: tuple[int, ...]) -> RegionMasks | None:
+        """An identity's region in each row's image at the canvas size of a latent of this shape; None when it acts
+        everywhere."""
+        source = self.identities[identity].region
+        if source is None:
             return None
         size = (latent_shape[-1] * LATENT_SCALE, latent_shape[-2] * LATENT_SCALE)
-        if size not in rows.regions:
+        key = (identity, *size)
+        if key not in rows.regions:
             images = [0] * len(rows.kinds) if rows.images is None else list(rows.images)
-            masks = {image: self.region(*size, image) for image in dict.fromkeys(images)}
+            masks = {image: source(*size, image) for image in dict.fromkeys(images)}
             stacked = [masks[image] for image in (images[:1] if len(masks) == 1 else images)]
-            pixels = torch.from_numpy(np.stack(stacked)[:, None].astype(np.float32)).to(device)
-            rows.regions[size] = RegionMasks(pixels)
-        return rows.regions[size]
+            pixels = torch.from_numpy(np.stack(stacked)[:, None].astype(np.float32)).to(self.device)
+            rows.regions[key] = RegionMasks(pixels)
+        return rows.regions[key]
 
     def rows(self, kinds: tuple[int, ...], images: tuple[int, ...] | None) -> Rows:
         key = (kinds, images)
@@ -195,26 +242,31 @@ class Session:
         if rows is None:
             if len(self._rows) >= MAX_ROW_LAYOUTS:
                 self._rows.pop(next(iter(self._rows)))
-            rows = self._rows[key] = Rows(kinds, images, self.tokens.both.device)
+            rows = self._rows[key] = Rows(kinds, images, self.device)
         return rows
 
-    def face_kv_for(self, rows: Rows, info: CallInfo) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Per layer (K, s·V) of these rows; None when the adapter does not act in this call."""
-        if not rows.served or not self.adapter_schedule.active(info.step, info.total_steps):
-            return None
-        if rows.face_kv is None:
-            s = self.adapter_schedule.weight
-            rows.face_kv = [(rows.select(kv.k), rows.select(kv.v * s)) for kv in self.face_kv]
-        return rows.face_kv
+    def faces_for(self, rows: Rows, info: CallInfo, latent_shape: tuple[int, ...]) -> tuple[FaceTerm, ...]:
+        """The face term of each identity whose adapter acts in this call: its per-layer (K, s·V) of these rows."""
+        if not rows.served:
+            return ()
+        terms = []
+        for i in self._acting(info, "adapter_schedule"):
+            if i not in rows.face_kv:
+                s = self.identities[i].adapter_schedule.weight
+                rows.face_kv[i] = [(rows.select(kv.k), rows.select(kv.v * s)) for kv in self.face_kv[i]]
+            terms.append(FaceTerm(rows.face_kv[i], self.region_of(rows, i, latent_shape)))
+        return tuple(terms)
 
     @torch.no_grad()
     def identitynet_residuals(
-        self, x: torch.Tensor, timesteps: torch.Tensor, rows: Rows, y: torch.Tensor | None
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Residuals for every row of the call (zero for OFF rows); the IdentityNet runs on the served rows."""
+        self, x: torch.Tensor, timesteps: torch.Tensor, rows: Rows, y: torch.Tensor | None, info: CallInfo
+    ) -> tuple[list[torch.Tensor], torch.Tensor, float]:
+        """Residuals for every row of the call (zero for OFF rows) and the weight to add them with. The IdentityNet
+        runs on the served rows, once per identity whose IdentityNet acts in this call: one identity's come
+        unscaled (its weight is applied where they are added: torch.add's alpha, no extra pass), several identities'
+        are summed, each weighted, and come with weight 1."""
         net = self.identitynet
         dtype = next(net.parameters()).dtype
-        hint = self._hint_of(rows, x.shape[-1] * LATENT_SCALE, x.shape[-2] * LATENT_SCALE)
         # Inpainting UNets take extra input channels (mask, masked image); the IdentityNet sees the latent only.
         latent = x[:, : net.config.in_channels].to(dtype)
         if y is not None:
@@ -222,26 +274,47 @@ class Session:
         if not rows.all_served:
             latent, timesteps = latent[rows.served_index], timesteps[rows.served_index]
             y = None if y is None else y[rows.served_index]
-        if rows.identitynet_context is None:  # the face tokens of these rows, projected by every attn2 once
+        acting = self._acting(info, "identitynet_schedule")
+        if len(self.identities) == 1:
+            down, mid = self._identity_residuals(0, latent, timesteps, rows, y, x.shape)
+            weight = self.identities[0].identitynet_schedule.weight
+        else:
+            down, mid = None, None
+            for i in acting:
+                w = self.identities[i].identitynet_schedule.weight
+                d, m = self._identity_residuals(i, latent, timesteps, rows, y, x.shape)
+                down = [r * w for r in d] if down is None else [a.add_(r, alpha=w) for a, r in zip(down, d)]
+                mid = m * w if mid is None else mid.add_(m, alpha=w)
+            weight = 1.0
+        if rows.all_served:
+            return down, mid, weight
+        total = len(rows.kinds)
+        return [_scattered(r, rows, total) for r in down], _scattered(mid, rows, total), weight
+
+    def _identity_residuals(self, identity: int, latent: torch.Tensor, timesteps: torch.Tensor, rows: Rows,
+                            y: torch.Tensor | None, latent_shape: tuple[int, ...]
+                            ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One identity's IdentityNet pass on the served rows, masked to its region."""
+        net, terms = self.identitynet, self.identities[identity]
+        dtype = latent.dtype
+        hint = self._hint_of(rows, identity, latent_shape[-1] * LATENT_SCALE, latent_shape[-2] * LATENT_SCALE)
+        if identity not in rows.identitynet_context:  # its face tokens of these rows, projected by every attn2 once
             def project():
-                return net.project_context(self.tokens.for_rows(rows.served_index.new_tensor(rows.served_kinds))
+                return net.project_context(terms.tokens.for_rows(rows.served_index.new_tensor(rows.served_kinds))
                                            .to(dtype))
 
-            rows.identitynet_context = (project() if self.store is None else self.store.projected_context(
-                net, self.tokens, rows.served_kinds, project))
-        # Unscaled: the weight is applied where the residuals are added (torch.add's alpha, no extra pass).
-        down, mid = net(latent, timesteps, rows.identitynet_context, hint, y)
-        region = self.region_of(rows, x.shape, x.device)
+            rows.identitynet_context[identity] = (project() if self.store is None else self.store.projected_context(
+                net, terms.tokens, rows.served_kinds, project))
+        down, mid = net(latent, timesteps, rows.identitynet_context[identity], hint, y)
+        region = self.region_of(rows, identity, latent_shape)
         if region is not None:
             down, mid = self._in_region(region, rows, down, mid)
-        if rows.all_served:
-            return down, mid
-        return [_scattered(r, rows, len(rows.kinds)) for r in down], _scattered(mid, rows, len(rows.kinds))
+        return down, mid
 
     @staticmethod
     def _in_region(region: RegionMasks, rows: Rows, down: list[torch.Tensor], mid: torch.Tensor
                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The residuals of the served rows, zero outside each row's face region."""
+        """The residuals of the served rows, zero outside each row's region."""
         def masked(residual: torch.Tensor) -> torch.Tensor:
             mask = region.residual(residual)
             if mask.shape[0] > 1 and not rows.all_served:
@@ -250,32 +323,39 @@ class Session:
 
         return [masked(r) for r in down], masked(mid)
 
-    def _hint_of(self, rows: Rows, width: int, height: int) -> torch.Tensor:
-        """The keypoint features of the served rows' images at this size: [1, ...] when they share one image."""
-        hint = rows.hints.get((width, height))
+    def _hint_of(self, rows: Rows, identity: int, width: int, height: int) -> torch.Tensor:
+        """An identity's keypoint features of the served rows' images at this size: [1, ...] when they share one
+        image."""
+        key = (identity, width, height)
+        hint = rows.hints.get(key)
         if hint is None:
+            source = self.identities[identity].hint
             images = (0,) if rows.images is None else tuple(rows.images[i] for i in rows.served)
-            features = {image: self.hint.get(width, height, image) for image in dict.fromkeys(images)}
+            features = {image: source.get(width, height, image) for image in dict.fromkeys(images)}
             hint = next(iter(features.values())) if len(features) == 1 else torch.cat([features[i] for i in images])
-            rows.hints[(width, height)] = hint
+            rows.hints[key] = hint
         return hint
 
 
 def face_attention(state: CallState, index: int, query: torch.Tensor, heads: int) -> torch.Tensor:
     """s·Attn(Q, K_face, V_face) of the index-th cross-attention layer for a projected query [B, N, heads·d], as
-    [B, N, heads, d] (add it to the text attention's output viewed the same way)."""
+    [B, N, heads, d] (add it to the text attention's output viewed the same way); with several identities the sum
+    of each one's term, masked to its region."""
     if query.shape[0] != state.rows.row_kind.shape[0]:
         raise RuntimeError(
             f"InstantID: a cross-attention layer saw {query.shape[0]} rows but the UNet call has "
             f"{state.rows.row_kind.shape[0]}; another extension changes the batch inside the UNet, which InstantID "
             "cannot follow. Disable one of them."
         )
-    k, v = state.face_kv[index]  # V carries the adapter weight s
-    face = F.scaled_dot_product_attention(split_heads(query, heads), k.to(query.dtype), v.to(query.dtype))
-    face = face.transpose(1, 2)
-    if state.region is not None:
-        face = face * state.region.attention(query.shape[1]).to(face.dtype)
-    return face
+    q = split_heads(query, heads)
+    total = None
+    for term in state.faces:  # one per identity
+        k, v = term.kv[index]  # V carries the adapter weight s
+        face = F.scaled_dot_product_attention(q, k.to(query.dtype), v.to(query.dtype)).transpose(1, 2)
+        if term.region is not None:
+            face = face * term.region.attention(query.shape[1]).to(face.dtype)
+        total = face if total is None else total + face
+    return total
 
 
 def add_heads(hidden: torch.Tensor, face: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 import torch
@@ -27,7 +27,8 @@ from .models.adapter import FaceAdapter
 from .models.architecture import Architecture
 from .models.catalog import misfit
 from .models.identitynet import IdentityNet
-from .session import CallInfo, CallState, RegionSource, Schedule, Session, add_heads, face_attention, fitted
+from .session import (CallInfo, CallState, IdentityTerms, RegionSource, Schedule, Session, add_heads, face_attention,
+                      fitted)
 
 _ATTACHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # UNets with hooks, without marking the UNet itself
 _LAYERS: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
@@ -86,7 +87,7 @@ class _FaceAttention:
 
     def keep_query(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         state = self.hooks.call
-        self.query = output if state is not None and state.face_kv is not None else None
+        self.query = output if state is not None and state.faces else None
 
     def add_face(self, module: nn.Module, args: tuple) -> tuple | None:
         query, self.query = self.query, None
@@ -113,6 +114,7 @@ class InstantIDHooks:
         store: ConditioningStore | None = None,
         identitynet_scope: Callable[[], AbstractContextManager] = contextlib.nullcontext,
         region: RegionSource | None = None,
+        others: Sequence[IdentityTerms] = (),
     ) -> None:
         """See Session for the arguments; `call_info` describes each UNet call's rows and step."""
         self.layers = cross_attention_layers(unet)
@@ -121,7 +123,7 @@ class InstantIDHooks:
         self.session = Session(tokens, [a.heads for a in self.layers], adapter=adapter,
                                adapter_schedule=adapter_schedule, identitynet=identitynet,
                                identitynet_schedule=identitynet_schedule, hint=hint, store=store,
-                               identitynet_scope=identitynet_scope, region=region)
+                               identitynet_scope=identitynet_scope, region=region, others=others)
         self.call: CallState | None = None
         self._handles: list[RemovableHandle] = []
 
@@ -152,7 +154,7 @@ class InstantIDHooks:
             for j, block in enumerate(self.unet.output_blocks):
                 hook(block.register_forward_pre_hook(self._skip_adder(n - 1 - j)))
             hook(self.unet.middle_block.register_forward_hook(self._add_mid))
-        for index, attn in enumerate(self.layers[:len(self.session.face_kv)]):
+        for index, attn in enumerate(self.layers[:self.session.face_layers]):
             face = _FaceAttention(self, attn, index)
             hook(attn.to_q.register_forward_hook(face.keep_query))
             hook(attn.to_out[0].register_forward_pre_hook(face.add_face))

@@ -9,7 +9,7 @@ import gradio as gr
 from modules import script_callbacks, scripts
 from modules.ui_components import InputAccordion, ToolButton
 
-from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, InstantIDArgs, specs
+from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, REGIONS, InstantIDArgs, specs
 from lib_instantid.hosts import running_host, webui, webui_api, webui_xyz
 from lib_instantid import pose_presets
 from lib_instantid.images import decode_image, uploaded_photos
@@ -32,11 +32,25 @@ def paste_label(name: str) -> str:
     return f"{INFOTEXT_KEY} {spec.infotext or spec.label}"
 
 
+def person_label(index: int, name: str) -> str:
+    """The name a person slot's setting goes by in pasted infotext: "InstantID person 2 region"."""
+    return f"{INFOTEXT_KEY} person {index + 1} {name}"
+
+
 def expand_infotext(infotext: str, params: dict) -> None:
     """Registered for `on_infotext_pasted`: the settings recorded in the InstantID entry as their own keys, which the
-    panel's fields read. Never the switch: pasted settings do not turn InstantID on (the photos are not in them)."""
+    panel's fields read (each person's into their slot). Never the switch: pasted settings do not turn InstantID on
+    (the photos are not in them)."""
     for name, value in InstantIDArgs.values_from_infotext(params).items():
         if name == "enabled" or value is None:
+            continue
+        if name == "identities":
+            for i, person in enumerate(value[:PEOPLE]):
+                for field, recorded in person.items():
+                    if field in SLOT_FIELDS:
+                        shown = AS_ABOVE if field == "pose" and recorded is None else recorded
+                        params[person_label(i, field)] = ", ".join(map(str, shown)) if field == "region_box" \
+                            else shown
             continue
         params[paste_label(name)] = webui.choice_for(MODEL_KINDS[name], value) if name in MODEL_KINDS else value
 
@@ -77,6 +91,27 @@ def preview_faces(*args) -> tuple[dict, str]:
     """The Preview button: the detected faces, the gallery shown only when there is something in it."""
     shown, message = webui.preview(*args)
     return gr.update(value=shown, visible=bool(shown)), message
+
+
+PEOPLE = 4  # the panel's person slots (the most the identities setting takes)
+SLOT_FIELDS = ("face_image", "region", "region_box", "region_mask", "pose", "identitynet_weight", "adapter_weight")
+AS_ABOVE = "as above"  # a person's pose left to the top-level one
+
+
+def people_value(*slots) -> list[dict]:
+    """The identities setting from the person slots (SLOT_FIELDS values, slot after slot): the slots with photos."""
+    people = []
+    for start in range(0, len(slots), len(SLOT_FIELDS)):
+        person = dict(zip(SLOT_FIELDS, slots[start:start + len(SLOT_FIELDS)]))
+        if person["face_image"]:
+            person["pose"] = None if person["pose"] == AS_ABOVE else person["pose"]
+            people.append(person)
+    return people
+
+
+def region_fields(region: str) -> tuple[dict, dict]:
+    """A person's region box only for "box", their mask only for "mask"."""
+    return gr.update(visible=region == "box"), gr.update(visible=region == "mask")
 
 
 def download_missing(progress=gr.Progress()):
@@ -132,6 +167,7 @@ class InstantIDScript(scripts.Script):
                     region = self._choice("face_region", spec)
                 region_mask = gr.Image(label=spec["face_region_mask"][0].label, type="pil", visible=False,
                                        elem_id=self.elem_id("face_region_mask"))
+            identities, slots = self._people(spec)
             gr.HTML(self._hints(spec))
         models = [identitynet, adapter, missing, download]
         for event in (refresh.click, identitynet.focus, adapter.focus):
@@ -147,12 +183,50 @@ class InstantIDScript(scripts.Script):
             webui.download_offer, outputs=[missing, download])  # Preview may have found the face models missing
         components = {"enabled": enabled, "face_image": face, "pose_image": pose, "pose": head_pose,
                       "pose_box": pose_box, "identitynet_model": identitynet, "adapter_model": adapter, **sliders,
-                      "similarity": score, "face_region": region, "face_region_mask": region_mask}
+                      "similarity": score, "face_region": region, "face_region_mask": region_mask,
+                      "identities": identities}
         # Every setting goes by a name of its own, which Send to img2img/inpaint matches and pasted infotext
-        # (expanded by `expand_infotext`) fills.
-        self.infotext_fields = [(components[name], paste_label(name)) for name in spec]
-        self.paste_field_names = [paste_label(name) for name in spec]
+        # (expanded by `expand_infotext`) fills; the identities through their slots.
+        pasted = [(components[name], paste_label(name)) for name in spec if name != "identities"]
+        pasted += [(component, person_label(i, name)) for (i, name), component in slots.items()
+                   if name != "face_image" and name != "region_mask"]
+        self.infotext_fields = pasted
+        self.paste_field_names = [label for _, label in pasted]
         return [components[name] for name in spec]
+
+    def _people(self, spec: dict) -> tuple[gr.State, dict]:
+        """The several-people fold: a slot per person, gathered into the identities value on every change."""
+        slots = {}
+        with gr.Accordion(spec["identities"][0].label, open=False, elem_id=self.elem_id("people")):
+            gr.Markdown(spec["identities"][0].help)
+            for i in range(PEOPLE):
+                with gr.Row():
+                    photos = gr.File(label=f"Person {i + 1}", file_count="multiple", file_types=["image"],
+                                     elem_id=self.elem_id(f"person{i + 1}_face_image"))
+                    photos.preprocess = uploaded_photos(photos.preprocess)
+                    with gr.Column():
+                        region = gr.Dropdown(label="Region", choices=list(REGIONS),
+                                             value=REGIONS[min(i, 2)], elem_id=self.elem_id(f"person{i + 1}_region"))
+                        box = gr.Textbox(label="Region box (x, y, width, height)", value="0, 0, 1, 1",
+                                         visible=REGIONS[min(i, 2)] == "box",
+                                         elem_id=self.elem_id(f"person{i + 1}_region_box"))
+                        pose = gr.Dropdown(label="Pose", choices=[AS_ABOVE, *pose_presets.POSES], value=AS_ABOVE,
+                                           elem_id=self.elem_id(f"person{i + 1}_pose"))
+                    mask = gr.Image(label="Region mask", type="pil", visible=False,
+                                    elem_id=self.elem_id(f"person{i + 1}_region_mask"))
+                    with gr.Column():
+                        weights = {name: gr.Slider(0.0, 2.0, value=spec[name][1], step=0.05, label=spec[name][0].label,
+                                                   elem_id=self.elem_id(f"person{i + 1}_{name}"))
+                                   for name in ("identitynet_weight", "adapter_weight")}
+                region.change(region_fields, inputs=[region], outputs=[box, mask])
+                slots.update({(i, "face_image"): photos, (i, "region"): region, (i, "region_box"): box,
+                              (i, "region_mask"): mask, (i, "pose"): pose,
+                              **{(i, name): slider for name, slider in weights.items()}})
+        identities = gr.State([])
+        ordered = [slots[(i, name)] for i in range(PEOPLE) for name in SLOT_FIELDS]
+        for component in ordered:
+            component.change(people_value, inputs=ordered, outputs=[identities])
+        return identities, slots
 
     def _choice(self, name: str, spec: dict) -> gr.Dropdown:
         s, default = spec[name]

@@ -14,7 +14,7 @@ from lib_instantid.conditioning import ConditioningStore, face_kv, project_face
 from lib_instantid.face import DetectedFace
 from lib_instantid.models import catalog
 from lib_instantid.models.loading import load_adapter
-from lib_instantid.pipeline import MODEL_CACHE, Identity, prepare_job
+from lib_instantid.pipeline import MODEL_CACHE, Identity, Person, prepare_job
 from lib_instantid.args import InstantIDArgs
 from tests.fixtures import tiny_models as tm
 
@@ -42,10 +42,11 @@ def test_a_job_keeps_the_adapter_on_the_cpu_and_the_identitynet_where_asked(tmp_
     identity = Identity(np.ones(512, np.float32), face, (1,))
     args = InstantIDArgs(enabled=True)
     MODEL_CACHE.clear()
-    job = prepare_job(args, identity, catalog.scan(tmp_path), tm.tiny_unet("sdxl"), CPU, torch.bfloat16)
+    person = Person(identity, 0, args.adapter_weight, args.identitynet_weight, lambda w, h, image: face.keypoints)
+    job = prepare_job(args, [person], catalog.scan(tmp_path), tm.tiny_unet("sdxl"), CPU, torch.bfloat16)
     assert {p.dtype for p in job.adapter.parameters()} == {torch.float32}  # the file's own, on the CPU
     assert {p.dtype for p in job.identitynet.parameters()} == {torch.bfloat16}
-    assert job.tokens.both.dtype == torch.bfloat16
+    assert job.tokens[0].both.dtype == torch.bfloat16
     MODEL_CACHE.clear()
 
 

@@ -330,7 +330,7 @@ def test_infotext_pastes_back_into_the_panel(ui):
     updates = infotext_utils.paste(infotext, script.infotext_fields)
     pasted = {id(component): update.get("value") for (component, _), update in zip(script.infotext_fields, updates)}
     by_name = dict(zip([f.name for f in fields(InstantIDArgs)], script.controls))
-    values = {name: pasted[id(component)] for name, component in by_name.items()}
+    values = {name: pasted.get(id(component)) for name, component in by_name.items()}  # identities: by their slots
     assert {name: values[name] for name in settings} == pytest.approx(settings)
     # the dropdowns get their own entries for the recorded models, with the family they show
     assert values["adapter_model"] == "instantid/ip-adapter.bin — a model with context width 64"

@@ -26,8 +26,8 @@ class Regions:
         self.masks: dict[tuple[int, int], np.ndarray] = {}
         region_of = Session.region_of
 
-        def spy(session, rows, latent_shape, device):
-            result = region_of(session, rows, latent_shape, device)
+        def spy(session, rows, identity, latent_shape):
+            result = region_of(session, rows, identity, latent_shape)
             if result is not None:
                 self.masks[(latent_shape[-1] * 8, latent_shape[-2] * 8)] = result.pixels[0, 0].numpy()
             return result

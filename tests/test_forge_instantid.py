@@ -43,9 +43,9 @@ class Spy:
             self.kinds.append(list(result.row_kinds))
             return result
 
-        def spy_residuals(session, x, timesteps, rows, y):
+        def spy_residuals(session, x, timesteps, rows, y, info):
             self.identitynet_steps.append(self.step())
-            return residuals(session, x, timesteps, rows, y)
+            return residuals(session, x, timesteps, rows, y, info)
 
         monkeypatch.setattr(host.RowSource, "info", spy_info)
         monkeypatch.setattr(Session, "identitynet_residuals", spy_residuals)
@@ -402,7 +402,7 @@ def test_the_compute_dtype_is_the_hosts(ui, face):
         run.prepare(tuple(on(face)))
         assert run.error is None, run.error
         (_, job, _), = run.parts.values()
-        assert job.tokens.both.dtype == torch.bfloat16
+        assert job.tokens[0].both.dtype == torch.bfloat16
         assert next(job.identitynet.parameters()).dtype == torch.bfloat16
     finally:
         p.sd_model.forge_objects.unet.model.computation_dtype = torch.float32

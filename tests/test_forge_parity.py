@@ -14,7 +14,7 @@ import torch
 from lib_instantid.conditioning import HintFeatures, project_face
 from lib_instantid.keypoints import draw_keypoints
 from lib_instantid.models.loading import load_adapter, load_identitynet
-from lib_instantid.session import Schedule, Session
+from lib_instantid.session import IdentityTerms, Schedule, Session
 from lib_instantid.unet_hooks import cross_attention_layers
 from tests.fixtures import tiny_models as tm
 from tests.forge.pytest_support import forge  # noqa: F401  (fixture: installs the stand-in)
@@ -66,8 +66,8 @@ def case(request, weight_files) -> Case:
                 images, text, pooled, ids)
 
 
-def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, calls=(CHUNKS,), region=None
-              ) -> torch.Tensor:
+def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, calls=(CHUNKS,), region=None,
+              others=()) -> torch.Tensor:
     """One denoiser step made as Forge makes it: each call in `calls` (its chunks) through the patched UnetPatcher's
     ControlNet chain and UNet forward; the rows of the calls concatenated in the order given."""
     from backend.modules.k_prediction import Prediction
@@ -82,7 +82,7 @@ def forge_eps(case: Case, adapter_weight: float, identitynet_weight: float, call
                       adapter=case.adapter, adapter_schedule=Schedule(adapter_weight),
                       identitynet=case.identitynet, identitynet_schedule=Schedule(identitynet_weight),
                       hint=HintFeatures(case.identitynet, lambda w, h, image: case.keypoints),
-                      region=None if region is None else (lambda w, h, image: region))
+                      region=None if region is None else (lambda w, h, image: region), others=others)
     injection = host.Injection(session, host.RowSource(served=(True,), per_image=False))
     unet = host.patched(unet_patcher, injection, case.identitynet if identitynet_weight else None)
     predictor = unet.model.predictor
@@ -155,3 +155,28 @@ def test_a_swapped_row_mapping_fails_the_parity_check(forge, case, monkeypatch):
 
     monkeypatch.setattr(host, "FORGE_UNCOND", host.FORGE_COND)
     assert relative_error(forge_eps(case, 0.8, 0.8), reference_eps(case, 0.8, 0.8)) > 1e-3
+
+
+def test_two_people_on_the_forge_path_match_the_reference_formula(forge, case):
+    """Several identities: each one's face term and IdentityNet pass masked to its half (tests/test_several_people
+    has the formula's swap tests on the A1111 path)."""
+    left, right = np.zeros((SIZE, SIZE), np.float32), np.zeros((SIZE, SIZE), np.float32)
+    left[:, : SIZE // 2], right[:, SIZE // 2:] = 1.0, 1.0
+    embedding = (np.random.default_rng(5).standard_normal(512) * 1.5).astype(np.float32)
+    keypoints = case.keypoints * [0.5, 1.0] + [SIZE / 2, 0.0]
+    other = IdentityTerms(project_face(case.adapter, embedding, torch.device("cpu"), torch.float32), Schedule(0.6),
+                          Schedule(1.0), HintFeatures(case.identitynet, lambda w, h, image: keypoints),
+                          lambda w, h, image: right)
+    ours = forge_eps(case, 0.8, 0.8, region=left, others=[other])
+    x, text, y_parts = case.rows(CHUNKS)
+
+    def hint(points):
+        return torch.from_numpy(draw_keypoints(points, (SIZE, SIZE))).permute(2, 0, 1)[None].float() / 255
+
+    people = [tm.ReferencePerson(torch.from_numpy(case.embedding), hint(case.keypoints), 0.8, 0.8,
+                                 torch.from_numpy(left)),
+              tm.ReferencePerson(torch.from_numpy(embedding), hint(keypoints), 0.6, 1.0, torch.from_numpy(right))]
+    expected = tm.reference_eps_several(case.reference, x, torch.full((x.shape[0],), float(T)), text, people,
+                                        [chunk == 0 for chunk in CHUNKS for _ in range(2)], y=y_parts)
+    assert relative_error(ours, expected) <= TOLERANCE
+    assert relative_error(ours, reference_eps(case, 0.8, 0.8, region=left)) > 1e-3  # the second person acts

@@ -30,7 +30,7 @@ class ActiveCalls:
 
         def before(hooks, module, args, kwargs):
             original(hooks, module, args, kwargs)
-            self.calls.append((hooks.call.face_kv is not None, hooks.call.residuals is not None, module))
+            self.calls.append((bool(hooks.call.faces), hooks.call.residuals is not None, module))
 
         monkeypatch.setattr(InstantIDHooks, "_before_unet", before)
 

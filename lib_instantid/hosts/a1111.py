@@ -153,7 +153,7 @@ class JobRun:
         """Settings, faces and models, once per processing. Any error is kept for `p.sample` to raise."""
         try:
             self.settings = Settings(self.p, script_args)
-            self.tracker = RowTracker(self.settings.poses.served, not self.settings.poses.shared)
+            self.tracker = RowTracker(self.settings.served, self.settings.per_image)
             self.low_vram = low_vram(self.p)
             self.job = self._prepare_for(unet_of(self.p))
             self._write_infotext()
@@ -163,7 +163,7 @@ class JobRun:
     def _prepare_for(self, unet: torch.nn.Module) -> Job:
         s = self.settings
         identitynet_device = devices.cpu if self.low_vram else devices.device
-        return prepare_job(s.args, s.identity, s.models, unet, devices.device, devices.dtype_unet, identitynet_device)
+        return prepare_job(s.args, s.people, s.models, unet, devices.device, devices.dtype_unet, identitynet_device)
 
     def _write_infotext(self) -> None:
         self.p.extra_generation_params[INFOTEXT_KEY] = self.job.infotext(self.settings.notes)
@@ -191,11 +191,10 @@ class JobRun:
                 f"InstantID cannot act through the replacement UNet {replacement!r} (Settings → SD Unet, e.g. "
                 "TensorRT): it runs instead of the layers InstantID works in. Set SD Unet to None for InstantID jobs.")
         self.unet = unet
-        if not any(self.settings.poses.served):
+        if not any(self.settings.served):
             return  # nothing to serve in this batch (tiles without a face)
         residency = Residency(job.identitynet, self.low_vram)
-        self.hooks = job.hooks(unet, self.tracker, self.settings.poses.keypoints_for, residency.scope,
-                               self.settings.region).attach()
+        self.hooks = job.hooks(unet, self.tracker, residency.scope).attach()
         self.residency = residency
 
     def _unhook(self) -> None:

@@ -84,22 +84,20 @@ class Injection:
         self.session, self.rows = session, rows
         self._chunks: list[int] | None = None
         self._state: CallState | None = None
-        self.identitynet_acts = False  # in the current call
 
     def state(self, options: dict, latent_shape: tuple[int, ...]) -> CallState:
         """The call's state, given its options and the shape of its latent input (the rows first)."""
         chunks = options.get("cond_or_uncond")
         if chunks is not self._chunks or self._state is None:
-            info = self.rows.info(chunks, latent_shape[0])
-            session = self.session
-            call_rows = session.rows(info.row_kinds, info.row_images)
-            self._state = CallState(call_rows, session.face_kv_for(call_rows, info), None, None,
-                                    session.identitynet_schedule.weight,
-                                    session.region_of(call_rows, latent_shape, session.tokens.both.device))
-            self.identitynet_acts = bool(call_rows.served) and session.identitynet_schedule.active(
-                info.step, info.total_steps)
+            self._info = self.rows.info(chunks, latent_shape[0])
+            self._state = self.session.state(self._info, latent_shape)
             self._chunks = chunks
         return self._state
+
+    @property
+    def info(self) -> CallInfo:
+        """The current call's rows and step (after `state`)."""
+        return self._info
 
 
 class FaceAttentionPatch:
@@ -117,7 +115,7 @@ class FaceAttentionPatch:
         else:
             out = attention.attention_function(q, k, v, heads)
         state = self.injection.state(extra_options, extra_options["original_shape"])
-        if state.face_kv is None:
+        if not state.faces:
             return out
         return add_heads(out, face_attention(state, self.index, q, heads))
 
@@ -140,13 +138,12 @@ class IdentityNetControl(ControlNet):
         if self.previous_controlnet is not None:
             previous = self.previous_controlnet.get_control(x_noisy, t, dict(cond), batched_number, *more)
         state = self.injection.state(self.transformer_options, x_noisy.shape)
-        if not self.injection.identitynet_acts:
+        if not state.identitynet_acts:
             return previous
         sampling = self.model_sampling_current
         x = sampling.calculate_input(t, x_noisy)
-        down, mid = self.injection.session.identitynet_residuals(
-            x, sampling.timestep(t).float(), state.rows, cond.get("y"))
-        self.strength = state.identitynet_weight
+        down, mid, self.strength = self.injection.session.identitynet_residuals(
+            x, sampling.timestep(t).float(), state.rows, cond.get("y"), self.injection.info)
         return self.control_merge(None, [*down, mid], previous, x_noisy.dtype)
 
     def copy(self):
@@ -171,7 +168,7 @@ def patched(unet_patcher, injection: Injection, identitynet: IdentityNet | None)
     unet = unet_patcher.clone()
     replace = unet.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     keys = attn2_keys(unet.model.diffusion_model)
-    for index, (block, number, transformer) in enumerate(keys[:len(injection.session.face_kv)]):
+    for index, (block, number, transformer) in enumerate(keys[:injection.session.face_layers]):
         previous = replace.get((block, number, transformer)) or replace.get((block, number))
         unet.set_model_attn2_replace(FaceAttentionPatch(injection, index, previous), block, number, transformer)
     if identitynet is not None:
@@ -214,7 +211,7 @@ class ForgeRun:
     def prepare(self, script_args: tuple) -> None:
         try:
             self.settings = Settings(self.p, script_args)
-            self.rows = RowSource(self.settings.poses.served, not self.settings.poses.shared)
+            self.rows = RowSource(self.settings.served, self.settings.per_image)
             model = self._unet_patcher().model
             self.parts[id(model)] = (model, self._job_for(model), None)
             self._write_infotext()
@@ -226,7 +223,7 @@ class ForgeRun:
 
     def _job_for(self, model) -> Job:
         s = self.settings
-        return prepare_job(s.args, s.identity, s.models, model.diffusion_model, memory_management.get_torch_device(),
+        return prepare_job(s.args, s.people, s.models, model.diffusion_model, memory_management.get_torch_device(),
                            model.computation_dtype, identitynet_device=None)
 
     def _write_infotext(self) -> None:
@@ -253,7 +250,7 @@ class ForgeRun:
 
     def patch(self) -> None:
         """InstantID into this pass's UNet patcher. Runs inside Forge's hook, which would swallow an exception."""
-        if self.error is not None or not any(self.settings.poses.served):
+        if self.error is not None or not any(self.settings.served):
             return
         try:
             unet_patcher = self._unet_patcher()
@@ -267,7 +264,7 @@ class ForgeRun:
         """This model's injection, made at its first pass; None for a hires checkpoint no models fit."""
         _, job, injection = self.parts.get(id(model)) or (model, self._other_job(model), None)
         if job is not None and injection is None:
-            session = job.session(model.diffusion_model, self.settings.poses.keypoints_for, self.settings.region)
+            session = job.session(model.diffusion_model)
             injection = Injection(session, self.rows)
         self.parts[id(model)] = (model, job, injection)
         return injection, None if job is None else job.identitynet

@@ -16,9 +16,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from modules import shared
 
@@ -28,8 +26,9 @@ from ..errors import InstantIDError
 from ..face import FaceAnalyzer, choose_face, find_antelopev2, webui_antelopev2_roots
 from ..models import catalog
 from ..models.architecture import Architecture
-from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, analyse_identity
+from ..pipeline import CONDITIONING, MODEL_CACHE, Identity, Person, analyse_identity
 from ..unet_hooks import unet_architecture
+from . import people
 from . import poses as posing
 
 
@@ -104,8 +103,9 @@ def loaded_architecture() -> Architecture | None:
 # --- a job's settings --------------------------------------------------------------------------------------------
 
 class Settings:
-    """One processing's settings, identity and poses, read at `process`: what every host needs before it touches
-    the UNet. Raises InstantIDError with a message for anything the user must fix."""
+    """One processing's settings, people (identity, weights, poses, region of each) and which images are served,
+    read at `process`: what every host needs before it touches the UNet. Raises InstantIDError with a message for
+    anything the user must fix."""
 
     def __init__(self, p, script_args: tuple) -> None:
         args = InstantIDArgs.from_script_args(script_args)
@@ -114,12 +114,19 @@ class Settings:
             args = args.with_overrides(**overrides)
         args.check_ready()
         self.args = args
-        self.identity = analyse_identity(face_analyzer(), args)
-        self.poses = _poses(p, args, self.identity)
-        self.region = _region(args, self.poses)
+        if args.identities:
+            self.people = _several(args)
+            self.served, self.per_image = (True,), False  # each person's pose is the same in every image
+        else:
+            identity = analyse_identity(face_analyzer(), args.face_image, args.face_index)
+            poses = _poses(p, args, identity)
+            keypoints = None if args.pose == pose_presets.NONE else poses.keypoints_for
+            self.people = (Person(identity, args.face_index, args.adapter_weight, args.identitynet_weight, keypoints,
+                                  _region(args, poses)),)
+            self.served, self.per_image = poses.served, not poses.shared
         self.models = installed_models()
-        unserved = self.poses.served.count(False)
-        self.notes = {"Images without a face": f"{unserved} of {len(self.poses.served)} (left unchanged)"} \
+        unserved = self.served.count(False)
+        self.notes = {"Images without a face": f"{unserved} of {len(self.served)} (left unchanged)"} \
             if unserved else {}
 
 
@@ -129,13 +136,25 @@ def _region(args: InstantIDArgs, poses: posing.Poses):
     if args.face_region == "face":
         return poses.region_for
     if args.face_region == "mask":
-        mask = args.face_region_mask.convert("L")
-
-        def stretched(width: int, height: int, image: int = 0) -> np.ndarray:
-            return np.asarray(mask.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255
-
-        return stretched
+        return people.stretched(args.face_region_mask)
     return None
+
+
+def _several(args: InstantIDArgs) -> tuple[Person, ...]:
+    """Each of several people in their region, posed there by their pose photo, first face photo or chosen pose."""
+    staged = []
+    for i, person in enumerate(args.people()):
+        whose = f"person {i + 1}'s "
+        identity = analyse_identity(face_analyzer(), person.face_image, person.face_index, whose)
+        pose_face = identity.first_face
+        if person.pose_image is not None:
+            pose_face = choose_face(face_analyzer().detect(person.pose_image), 0, f"{whose}pose image")
+        fractions = people.region_fractions(person, i)
+        pose = posing.Poses((people.placed_pose(person, fractions, pose_face, identity.first_face),))
+        keypoints = None if person.pose == pose_presets.NONE else pose.keypoints_for
+        staged.append(Person(identity, person.face_index, person.adapter_weight, person.identitynet_weight,
+                             keypoints, people.region_source(person, i)))
+    return tuple(staged)
 
 
 def _poses(p, args: InstantIDArgs, identity: Identity) -> posing.Poses:
@@ -233,8 +252,9 @@ def score_image(p, image) -> None:
     settings = getattr(run, "settings", None)
     if settings is None or run.error is not None or not settings.args.similarity:
         return
-    score = similarity.image_similarity(face_analyzer(), image, settings.identity.embedding)
-    p.extra_generation_params[SIMILARITY_KEY] = similarity.described(score)
+    faces = face_analyzer().detect(image)
+    scores = [similarity.best_match(faces, person.identity.embedding) for person in settings.people]
+    p.extra_generation_params[SIMILARITY_KEY] = ", ".join(similarity.described(score) for score in scores)
 
 
 def for_host(p, error: InstantIDError) -> BaseException:
