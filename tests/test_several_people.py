@@ -204,7 +204,7 @@ def test_two_people_through_the_api_each_posed_in_their_half(ui, unets, monkeypa
 
 
 def test_swapping_the_photos_swaps_the_identities_not_the_poses(ui, monkeypatch):
-    drawn, sessions = HintSizes(monkeypatch), Sessions(monkeypatch)
+    sessions = Sessions(monkeypatch)
     first = api(ui, {"identities": two_people(), "pose": "front"})
     swapped_people = two_people()
     swapped_people[0]["face_image"], swapped_people[1]["face_image"] = b64(RIGHT_FACE), b64(LEFT_FACE)
@@ -213,6 +213,9 @@ def test_swapping_the_photos_swaps_the_identities_not_the_poses(ui, monkeypatch)
     (a_left, a_right), (b_left, b_right) = ([t.tokens.both for t in made] for made in sessions.made[-2:])
     assert torch.equal(a_left, b_right) and torch.equal(a_right, b_left) and not torch.equal(a_left, a_right)
     assert first.json()["images"][0] != second.json()["images"][0]
+    for made in sessions.made[-2:]:  # the poses stay with the regions
+        left, right = (t.hint.keypoints_for(64, 64, 0) for t in made)
+        assert (left[:, 0] < 32).all() and (right[:, 0] >= 32).all()
 
 
 def test_one_person_over_the_whole_image_is_the_single_identity_fields(ui):
