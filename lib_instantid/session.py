@@ -1,8 +1,8 @@
 """What InstantID computes in each UNet call, whichever way a host injects it: the rows' face keys/values for the
 face attention, and the IdentityNet's residuals. With several identities (people) each has its own tokens, keypoints
 and region: the face term is the sum of each identity's term masked to its region, the residuals the sum of each
-identity's IdentityNet pass, weighted and masked to its region. The A1111 host applies them with PyTorch hooks (unet_hooks), Forge
-with its own patches and ControlNet chain (hosts/forge); both ask a Session.
+identity's IdentityNet pass, weighted and masked to its region. The A1111 host applies them with PyTorch hooks
+(unet_hooks), Forge with its own patches and ControlNet chain (hosts/forge); both ask a Session.
 """
 from __future__ import annotations
 
@@ -147,7 +147,11 @@ class CallState:
     residuals: list[torch.Tensor] | None  # in the order of the input blocks, masked to the regions
     mid: torch.Tensor | None
     identitynet_weight: float  # what the residuals are added with (1 when they come weighted: several identities)
-    identitynet_acts: bool = False
+    identitynet_identities: tuple[int, ...] = ()  # whose IdentityNet pass runs in this call
+
+    @property
+    def identitynet_acts(self) -> bool:
+        return bool(self.identitynet_identities)
 
 
 class Session:
@@ -200,8 +204,8 @@ class Session:
         state = self.state(info, x.shape)
         if state.identitynet_acts:
             with self.identitynet_scope():
-                state.residuals, state.mid, state.identitynet_weight = self.identitynet_residuals(
-                    x, timesteps, state.rows, y, info)
+                state.residuals, state.mid = self.identitynet_residuals(
+                    x, timesteps, state.rows, y, state.identitynet_identities)
         return state
 
     def state(self, info: CallInfo, latent_shape: tuple[int, ...]) -> CallState:
@@ -212,9 +216,11 @@ class Session:
                 f"{len(info.row_kinds)}; cannot tell cond from uncond rows."
             )
         rows = self.rows(tuple(info.row_kinds), info.row_images)
-        acts = bool(rows.served) and bool(self._acting(info, "identitynet_schedule"))
-        first = self.identities[0].identitynet_schedule.weight
-        return CallState(rows, self.faces_for(rows, info, latent_shape), None, None, first, acts)
+        acting = tuple(self._acting(info, "identitynet_schedule")) if rows.served else ()
+        # One identity's residuals come unscaled (its weight is applied where they are added: torch.add's alpha, no
+        # extra pass); several identities' come summed, each weighted.
+        weight = self.identities[0].identitynet_schedule.weight if len(self.identities) == 1 else 1.0
+        return CallState(rows, self.faces_for(rows, info, latent_shape), None, None, weight, acting)
 
     def _acting(self, info: CallInfo, schedule: str) -> list[int]:
         """The identities whose path (its schedule's attribute name) acts in this call."""
@@ -259,12 +265,11 @@ class Session:
 
     @torch.no_grad()
     def identitynet_residuals(
-        self, x: torch.Tensor, timesteps: torch.Tensor, rows: Rows, y: torch.Tensor | None, info: CallInfo
-    ) -> tuple[list[torch.Tensor], torch.Tensor, float]:
-        """Residuals for every row of the call (zero for OFF rows) and the weight to add them with. The IdentityNet
-        runs on the served rows, once per identity whose IdentityNet acts in this call: one identity's come
-        unscaled (its weight is applied where they are added: torch.add's alpha, no extra pass), several identities'
-        are summed, each weighted, and come with weight 1."""
+        self, x: torch.Tensor, timesteps: torch.Tensor, rows: Rows, y: torch.Tensor | None,
+        acting: tuple[int, ...]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residuals for every row of the call (zero for OFF rows), to be added with the call state's
+        `identitynet_weight`. The IdentityNet runs on the served rows, once per identity in `acting`."""
         net = self.identitynet
         dtype = next(net.parameters()).dtype
         # Inpainting UNets take extra input channels (mask, masked image); the IdentityNet sees the latent only.
@@ -274,10 +279,8 @@ class Session:
         if not rows.all_served:
             latent, timesteps = latent[rows.served_index], timesteps[rows.served_index]
             y = None if y is None else y[rows.served_index]
-        acting = self._acting(info, "identitynet_schedule")
         if len(self.identities) == 1:
             down, mid = self._identity_residuals(0, latent, timesteps, rows, y, x.shape)
-            weight = self.identities[0].identitynet_schedule.weight
         else:
             down, mid = None, None
             for i in acting:
@@ -285,11 +288,10 @@ class Session:
                 d, m = self._identity_residuals(i, latent, timesteps, rows, y, x.shape)
                 down = [r * w for r in d] if down is None else [a.add_(r, alpha=w) for a, r in zip(down, d)]
                 mid = m * w if mid is None else mid.add_(m, alpha=w)
-            weight = 1.0
         if rows.all_served:
-            return down, mid, weight
+            return down, mid
         total = len(rows.kinds)
-        return [_scattered(r, rows, total) for r in down], _scattered(mid, rows, total), weight
+        return [_scattered(r, rows, total) for r in down], _scattered(mid, rows, total)
 
     def _identity_residuals(self, identity: int, latent: torch.Tensor, timesteps: torch.Tensor, rows: Rows,
                             y: torch.Tensor | None, latent_shape: tuple[int, ...]

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from lib_instantid.args import InstantIDArgs
+from lib_instantid.conditioning import HintFeatures
 from tests.fixtures import tiny_models as tm
 from tests.fixtures.face_models import paint_marker, write_antelopev2
 
@@ -80,3 +81,17 @@ def api_job(client, instantid_args, **body):
 def decode(response, index=0) -> np.ndarray:
     """The index-th image of an API response."""
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(response.json()["images"][index])))).astype(np.int16)
+
+
+class HintSizes:
+    """Records the size and keypoints of every keypoint image the IdentityNet is given."""
+
+    def __init__(self, monkeypatch):
+        self.drawn: list[tuple[tuple[int, int], np.ndarray]] = []
+        original = HintFeatures.image
+
+        def image(hint, width, height, image=0):
+            self.drawn.append(((width, height), np.array(hint.keypoints_for(width, height, image))))
+            return original(hint, width, height, image)
+
+        monkeypatch.setattr(HintFeatures, "image", image)

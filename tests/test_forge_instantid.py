@@ -43,9 +43,9 @@ class Spy:
             self.kinds.append(list(result.row_kinds))
             return result
 
-        def spy_residuals(session, x, timesteps, rows, y, info):
+        def spy_residuals(session, x, timesteps, rows, y, acting):
             self.identitynet_steps.append(self.step())
-            return residuals(session, x, timesteps, rows, y, info)
+            return residuals(session, x, timesteps, rows, y, acting)
 
         monkeypatch.setattr(host.RowSource, "info", spy_info)
         monkeypatch.setattr(Session, "identitynet_residuals", spy_residuals)

@@ -12,6 +12,7 @@ from lib_instantid.args import INFOTEXT_KEY, InstantIDArgs
 from tests.forge_jobs import (  # noqa: F401  (fixtures)
     api_job, b64, decode, face, forge, generate, models_root, photo, pixels, positional, ui, unets,
 )
+from tests.jobs_common import HintSizes
 
 pytestmark = [pytest.mark.filterwarnings(r"ignore:\s*on_event is deprecated:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:Please use `import python_multipart`:PendingDeprecationWarning")]
@@ -24,28 +25,12 @@ def two_people() -> list[dict]:
             {"face_image": b64(RIGHT_FACE), "region": "right", "adapter_weight": 0.6, "pose": "front"}]
 
 
-class Drawn:
-    """The keypoints of every keypoint image the IdentityNet is given, by canvas size."""
-
-    def __init__(self, monkeypatch):
-        from lib_instantid.conditioning import HintFeatures
-
-        self.keypoints: list[tuple[tuple[int, int], np.ndarray]] = []
-        original = HintFeatures.image
-
-        def image(hint, width, height, image=0):
-            self.keypoints.append(((width, height), np.array(hint.keypoints_for(width, height, image))))
-            return original(hint, width, height, image)
-
-        monkeypatch.setattr(HintFeatures, "image", image)
-
-
 def test_two_people_through_the_api_named_and_positional(ui, monkeypatch):
-    drawn = Drawn(monkeypatch)
+    drawn = HintSizes(monkeypatch)
     client = ui.api_client()
     named = api_job(client, [{"enabled": True, "identities": two_people()}])
     assert named.status_code == 200, named.text
-    left, right = [points for size, points in drawn.keypoints if size == (64, 64)][:2]
+    left, right = [points for size, points in drawn.drawn if size == (64, 64)][:2]
     assert (left[:, 0] < 32).all() and (right[:, 0] >= 32).all()
     listed = api_job(client, positional(enabled=True, face_image=None, identities=two_people()))
     assert np.array_equal(decode(named), decode(listed))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from tests.webui.harness import EXTENSION_SCRIPT, webui  # noqa: F401  (fixture; puts the stand-in on sys.path)
 from tests.jobs_common import (  # noqa: F401  (fixtures and helpers the A1111 tests import from here)
-    FACE_CENTRE, FACE_SIDE, POSE_CENTRE, POSE_SIDE, SIZE, b64, models_root, photo, pixels, png_bytes, positional, unets,
+    FACE_CENTRE, FACE_SIDE, POSE_CENTRE, POSE_SIDE, SIZE, HintSizes, b64, models_root, photo, pixels, png_bytes,
+    positional, unets,
 )
 
-from lib_instantid.conditioning import HintFeatures
 from lib_instantid.hosts import a1111
 
 
@@ -51,20 +50,6 @@ def generate(webui, *, instantid=None, img2img=False, opts=None, **job):
 
 def no_hooks_left(unet: torch.nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
-
-
-class HintSizes:
-    """Records the size and keypoints of every keypoint image the IdentityNet is given."""
-
-    def __init__(self, monkeypatch):
-        self.drawn: list[tuple[tuple[int, int], np.ndarray]] = []
-        original = HintFeatures.image
-
-        def image(hint, width, height, image=0):
-            self.drawn.append(((width, height), np.array(hint.keypoints_for(width, height, image))))
-            return original(hint, width, height, image)
-
-        monkeypatch.setattr(HintFeatures, "image", image)
 
 
 class RowKinds:

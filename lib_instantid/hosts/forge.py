@@ -89,15 +89,9 @@ class Injection:
         """The call's state, given its options and the shape of its latent input (the rows first)."""
         chunks = options.get("cond_or_uncond")
         if chunks is not self._chunks or self._state is None:
-            self._info = self.rows.info(chunks, latent_shape[0])
-            self._state = self.session.state(self._info, latent_shape)
+            self._state = self.session.state(self.rows.info(chunks, latent_shape[0]), latent_shape)
             self._chunks = chunks
         return self._state
-
-    @property
-    def info(self) -> CallInfo:
-        """The current call's rows and step (after `state`)."""
-        return self._info
 
 
 class FaceAttentionPatch:
@@ -142,8 +136,9 @@ class IdentityNetControl(ControlNet):
             return previous
         sampling = self.model_sampling_current
         x = sampling.calculate_input(t, x_noisy)
-        down, mid, self.strength = self.injection.session.identitynet_residuals(
-            x, sampling.timestep(t).float(), state.rows, cond.get("y"), self.injection.info)
+        down, mid = self.injection.session.identitynet_residuals(
+            x, sampling.timestep(t).float(), state.rows, cond.get("y"), state.identitynet_identities)
+        self.strength = state.identitynet_weight
         return self.control_merge(None, [*down, mid], previous, x_noisy.dtype)
 
     def copy(self):
