@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from modules import script_callbacks, scripts
+from modules import infotext_utils, script_callbacks, scripts
 from modules.ui_components import InputAccordion, ToolButton
 
 from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, REGIONS, InstantIDArgs, specs
@@ -114,6 +114,15 @@ def region_fields(region: str) -> tuple[dict, dict]:
     return gr.update(visible=region == "box"), gr.update(visible=region == "mask")
 
 
+def scores_under_panel(generation_info: str) -> dict:
+    """After each generation (the output panel's generation info changed): the images' identity scores, read from
+    their infotexts, under the panel; hidden when there are none."""
+    info = json.loads(generation_info) if generation_info else {}
+    infotexts = info.get("infotexts", [])[info.get("index_of_first_image", 0):]
+    shown = webui.scores_shown([infotext_utils.parse_generation_parameters(text) for text in infotexts])
+    return gr.update(value=shown, visible=bool(shown))
+
+
 def download_missing(progress=gr.Progress()):
     """The Download button's handler; gradio feeds the progress bar through the `gr.Progress` default."""
     return webui.download_missing(progress)
@@ -149,6 +158,11 @@ class InstantIDScript(scripts.Script):
             preview = gr.Gallery(label="Detected faces", show_label=False, columns=4, height=200, visible=False,
                                  elem_id=self.elem_id("preview_gallery"))
             message = gr.Markdown()
+            scores = gr.Markdown(visible=False, elem_id=self.elem_id("scores"))
+            # The output panel is made after the scripts' UI: its generation info, once there, feeds the scores.
+            self.on_after_component(
+                lambda made: made.component.change(scores_under_panel, inputs=[made.component], outputs=[scores]),
+                elem_id=f"generation_info_{'img2img' if is_img2img else 'txt2img'}")
             notice = webui.missing_notice()
             missing = gr.Markdown(notice, visible=bool(notice), elem_id=self.elem_id("missing"))
             download = gr.Button("Download missing models", visible=bool(notice), elem_id=self.elem_id("download"))

@@ -95,3 +95,16 @@ class HintSizes:
             return original(hint, width, height, image)
 
         monkeypatch.setattr(HintFeatures, "image", image)
+
+
+def event_handlers(demo, component, event: str = "change") -> list[tuple]:
+    """(function, ids of its output components) of each handler of a component's event in a built UI, read from
+    the Blocks the way gradio 3 (A1111) or gradio 4 (Forge) keeps them."""
+    if isinstance(demo.fns, dict):  # gradio 4: BlockFunctions by id, each with its (block id, event) targets
+        return [(f.fn, [o._id for o in f.outputs]) for f in demo.fns.values() if (component._id, event) in f.targets]
+    return [(fn.fn, dependency["outputs"]) for dependency, fn in zip(demo.dependencies, demo.fns)
+            if component._id in dependency["targets"] and dependency["trigger"] == event]
+
+
+def block_by_id(demo, elem_id: str):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)

@@ -366,6 +366,22 @@ def test_infotext_is_written_and_pasted_back_without_turning_instantid_on(ui, fa
     assert "InstantID Enabled" not in params or params["InstantID Enabled"] in (False, "False")
 
 
+def test_the_scores_show_under_the_panel_after_a_generation(ui, face):
+    import re
+
+    from modules import ui as built
+
+    from tests.jobs_common import block_by_id, event_handlers
+
+    (handler, outputs), = event_handlers(built.demo, block_by_id(built.demo, "generation_info_txt2img"))
+    assert outputs == [block_by_id(built.demo, "script_txt2img_instantid_scores")._id]
+    processed = generate(ui, instantid=on(face)).processed
+    (recorded,) = re.findall(r"InstantID similarity: ([^,]+)", processed.infotexts[0])
+    shown = handler(processed.js())
+    assert shown["visible"] is True and f"Identity score **{recorded}**" in shown["value"]
+    assert handler(generate(ui).processed.js())["visible"] is False
+
+
 def test_models_route_answers(ui):
     body = ui.api_client().get("/instantid/models").json()
     names = {(m["name"], m["kind"], m["context_dim"]) for m in body["models"]}

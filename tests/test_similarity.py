@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.jobs_common import api_job, decode
+from tests.jobs_common import api_job, block_by_id, decode, event_handlers
 from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the stand-in on sys.path)
     FACE, b64, generate, models_root, photo, positional, ui, unets, webui,
 )
@@ -72,6 +72,34 @@ def test_off_runs_no_face_analysis_and_records_nothing(ui, monkeypatch):
     assert not scores(result.processed.infotexts[0])
     assert len(calls) == 1  # the face photo only (from the cache): no output image was analysed
     assert not scores(generate(ui).processed.infotexts[0])  # InstantID off: nothing either
+
+
+@pytest.mark.parametrize("is_img2img", [False, True])
+def test_the_scores_show_under_the_panel_after_each_generation(ui, is_img2img):
+    from modules import ui as built
+
+    tab = "img2img" if is_img2img else "txt2img"
+    demo = built.demo  # the UI the fixture built when it loaded the extension
+    shown_in = block_by_id(demo, f"script_{tab}_instantid_scores")
+    assert shown_in.visible is False  # nothing to show before a generation
+    (handler, outputs), = event_handlers(demo, block_by_id(demo, f"generation_info_{tab}"))
+    assert outputs == [shown_in._id]
+
+    job = dict(instantid=positional(enabled=True, face_image=[FACE]), batch_size=2)
+    if is_img2img:
+        job.update(img2img=True, init_images=[photo()], denoising_strength=0.5)
+    processed = generate(ui, **job).processed
+    shown = handler(processed.js())
+    expected = [scores(text)[0] for text in processed.infotexts[processed.index_of_first_image:]]
+    assert shown["visible"] is True and len(expected) == 2
+    assert re.findall(r"image \d: \*\*([^*]+)\*\*", shown["value"]) == expected  # each image's, in gallery order
+
+    one = handler(generate(ui, instantid=positional(enabled=True, face_image=[FACE])).processed.js())
+    assert re.search(r"Identity score \*\*(no face found|-?\d\.\d\d)\*\*", one["value"])
+    for unscored in (generate(ui, instantid=positional(enabled=True, face_image=[FACE], similarity=False)),
+                     generate(ui)):
+        assert handler(unscored.processed.js())["visible"] is False
+    assert handler("")["visible"] is False  # a failed generation leaves no info
 
 
 def test_the_api_returns_the_scores_in_its_info(ui):

@@ -567,6 +567,30 @@ def test_input_accordion_and_elem_ids(webui):  # noqa: F811
     assert script.name == "my ext" and script.api_info.args[1].value == 0.8
 
 
+def test_scripts_see_the_output_panel_made_after_their_ui(webui):  # noqa: F811
+    """A1111 patches gradio's component creation (gradio_extensons): a script's on_after_component callback gets the
+    output panel's components, made after every script's UI, while that tab's runner is current."""
+    seen = []
+
+    class Watcher(scripts.Script):
+        def title(self):
+            return "watcher"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def ui(self, is_img2img):
+            self.on_after_component(lambda made: seen.append((made.component.elem_id, scripts.scripts_current)),
+                                    elem_id=f"generation_info_{'img2img' if is_img2img else 'txt2img'}")
+            return []
+
+    webui.set_model(unet("sd15"), "sd15")
+    webui.load_extension(extra_script_classes=[Watcher])
+    assert seen == [("generation_info_txt2img", scripts.scripts_txt2img),
+                    ("generation_info_img2img", scripts.scripts_img2img)]
+    assert scripts.scripts_current is None  # after the UI is built
+
+
 def test_callback_registry(webui):  # noqa: F811
     def callback(params):
         pass

@@ -257,6 +257,20 @@ def score_image(p, image) -> None:
     p.extra_generation_params[SIMILARITY_KEY] = ", ".join(similarity.described(score) for score in scores)
 
 
+def scores_shown(recorded: list[dict]) -> str:
+    """Under the panel after a generation: the identity score each image's infotext records (`recorded`: each
+    image's parsed infotext, in gallery order); "" when none has one (InstantID or the score was off)."""
+    scores = [params.get(SIMILARITY_KEY) for params in recorded]
+    if not any(scores):
+        return ""
+    if len(scores) == 1:
+        shown = f"**{scores[0]}**"
+    else:
+        shown = " · ".join(f"image {i}: **{score or 'not scored'}**" for i, score in enumerate(scores, 1))
+    return (f"Identity score {shown} — the cosine similarity of the best-matching face to the face photos' "
+            "(one number per person); higher is closer.")
+
+
 def for_host(p, error: InstantIDError) -> BaseException:
     """An API request's input error becomes an HTTPException: the API answers it with its status and message and,
     unlike other exceptions, does not print a traceback to the server console for it. In the panel the message is

@@ -1,6 +1,8 @@
 """modules/ui.py stand-in: builds the two tabs inside one gr.Blocks (`demo`) the way A1111 1.10's create_ui does,
 reduced to what extensions interact with:
 
+- `scripts_current` set to the tab's runner while its components are made (gradio_extensons: the component
+  callbacks, the scripts' on_before/on_after_component ones among them);
 - `infotext_utils.reset()` first (paste fields and "Send to" bindings of an earlier build are dropped);
 - per tab: hidden stand-ins for the built-in controls that have paste fields, the scripts' UI (script sections in
   UI order, see scripts.create_ui), the output panel (ui_common: the "Send to" buttons and their ParamBindings) and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from modules import gradio_extensons  # noqa: F401  (A1111 patches gradio's component creation at start-up)
 from modules import infotext_utils, script_callbacks, scripts, sd_models, sd_samplers, sd_schedulers, shared, ui_common
 from modules.infotext_utils import PasteField
 from modules.ui_components import ToolButton
@@ -138,6 +141,7 @@ def _img2img_builtin_fields(prompt, negative_prompt, styles):
 def _create_tab(is_img2img):
     tab = "img2img" if is_img2img else "txt2img"
     runner = scripts.scripts_img2img if is_img2img else scripts.scripts_txt2img
+    scripts.scripts_current = runner  # the tab's components, its output panel's too, see its callbacks
     runner.initialize_scripts(is_img2img)
     prompt, negative_prompt, styles, paste = _toprow(tab)
     builtin = (_img2img_builtin_fields if is_img2img else _txt2img_builtin_fields)(prompt, negative_prompt, styles)
