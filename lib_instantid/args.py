@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+import numpy as np
+
 from . import pose_presets
 from .errors import InstantIDError
 from .images import decode_image
@@ -90,6 +92,15 @@ class IdentityArgs:
     def recorded(self) -> dict[str, Any]:
         """The settings the infotext records (no images), by field name."""
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.metadata["spec"].infotext}
+
+
+def _mask_problem(mask) -> str | None:
+    """Why a region mask cannot be used (an untouched brush canvas is black everywhere); None when it can."""
+    if mask is None:
+        return "is missing"
+    if not (np.asarray(mask.convert("L")) > 127).any():
+        return "is black everywhere"
+    return None
 
 
 @dataclass(frozen=True)
@@ -182,16 +193,17 @@ class InstantIDArgs:
             return
         if not self.face_image and not self.identities:
             raise InstantIDError("face_image is missing: give a photo of the person's face.", field="face_image")
-        if self.face_region == "mask" and self.face_region_mask is None:
-            raise InstantIDError("face_region is 'mask' but face_region_mask is missing: give the mask (white where "
-                                 "InstantID acts), or choose another face_region.", field="face_region_mask")
+        if self.face_region == "mask" and (problem := _mask_problem(self.face_region_mask)):
+            raise InstantIDError(f"face_region is 'mask' but face_region_mask {problem}: paint or give the mask (white "
+                                 "where InstantID acts), or choose another face_region.", field="face_region_mask")
         for i, person in enumerate(self.identities):
             if not person.face_image:
                 raise InstantIDError(f"identities[{i}].face_image is missing: give a photo of person {i + 1}.",
                                      field="identities")
-            if person.region == "mask" and person.region_mask is None:
-                raise InstantIDError(f"identities[{i}].region is 'mask' but its region_mask is missing: give the mask "
-                                     "(white where this person is), or choose another region.", field="identities")
+            if person.region == "mask" and (problem := _mask_problem(person.region_mask)):
+                raise InstantIDError(f"identities[{i}].region is 'mask' but its region_mask {problem}: paint or give "
+                                     "the mask (white where this person is), or choose another region.",
+                                     field="identities")
 
     def people(self) -> tuple[IdentityArgs, ...]:
         """The identities with the settings they leave out filled in from the top-level ones."""

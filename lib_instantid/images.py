@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from .errors import InstantIDError
 
@@ -34,6 +34,26 @@ def uploaded_photos(preprocess: Callable[[object], object]) -> Callable[[object]
         return [PhotoFile(getattr(f, "name", f)) for f in (files if isinstance(files, list) else [files])]
 
     return as_photo_files
+
+
+def painted_mask(preprocess: Callable[[object], object]) -> Callable[[object], Image.Image | None]:
+    """Wraps a brush canvas's `preprocess` so that the script receives the painted region as a greyscale mask,
+    white where painted: gradio 3's canvas (greyscale, inverted) already is one; gradio 4's editor gives a dict
+    whose layers hold the strokes on transparency. None when nothing was painted."""
+
+    def as_mask(value: object) -> Image.Image | None:
+        painted = preprocess(value)
+        if not isinstance(painted, dict):
+            return painted
+        strokes = [layer.getchannel("A") for layer in painted.get("layers") or [] if layer.mode == "RGBA"]
+        if not strokes:
+            return None
+        mask = strokes[0]
+        for layer in strokes[1:]:
+            mask = ImageChops.lighter(mask, layer)
+        return mask
+
+    return as_mask
 
 
 def decode_image(value: object, field: str) -> Image.Image:

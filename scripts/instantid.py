@@ -12,7 +12,7 @@ from modules.ui_components import InputAccordion, ToolButton
 from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, REGIONS, InstantIDArgs, specs
 from lib_instantid.hosts import running_host, webui, webui_api, webui_xyz
 from lib_instantid import pose_presets
-from lib_instantid.images import decode_image, uploaded_photos
+from lib_instantid.images import decode_image, painted_mask, uploaded_photos
 from lib_instantid.models import catalog
 
 MODEL_KINDS = {"identitynet_model": catalog.IDENTITYNET, "adapter_model": catalog.ADAPTER}
@@ -74,6 +74,32 @@ def style_weights(name: str):
     """A style preset button's handler: it sets the two weights."""
     identitynet, adapter = STYLES[name]
     return lambda: (gr.update(value=identitynet), gr.update(value=adapter))
+
+
+GRADIO_4 = int(gr.__version__.split(".")[0]) >= 4  # Forge; A1111 runs gradio 3
+MASK_CANVAS = (512, 512)  # stretched to each image, as a mask given through the API is
+
+
+def mask_painter(label: str, elem_id: str):
+    """A blank canvas to paint a region on with a brush; the script receives the painting as a mask (painted_mask)."""
+    if GRADIO_4:
+        painter = gr.ImageEditor(label=label, type="pil", sources=(), transforms=(), layers=False,
+                                 canvas_size=MASK_CANVAS, brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
+                                 visible=False, elem_id=elem_id)
+    else:  # the canvas paints black on white; inverted, the strokes are white on black
+        painter = gr.Image(label=label, source="canvas", tool="sketch", type="pil", image_mode="L",
+                           invert_colors=True, shape=MASK_CANVAS, brush_color="#000000", visible=False,
+                           elem_id=elem_id)
+    painter.preprocess = painted_mask(painter.preprocess)
+    return painter
+
+
+def range_kept(moved: str):
+    """A path's start and end sliders act as one range: the end moved before the start takes the start along, and
+    the other way round, so the panel cannot hold a start after its end."""
+    if moved == "start":
+        return lambda start, end: gr.update(value=max(start, end))  # the new end
+    return lambda start, end: gr.update(value=min(start, end))  # the new start
 
 
 def pose_fields(pose: str) -> tuple[dict, dict]:
@@ -179,8 +205,7 @@ class InstantIDScript(scripts.Script):
                     score = gr.Checkbox(value=spec["similarity"][1], label=spec["similarity"][0].label,
                                         elem_id=self.elem_id("similarity"))
                     region = self._choice("face_region", spec)
-                region_mask = gr.Image(label=spec["face_region_mask"][0].label, type="pil", visible=False,
-                                       elem_id=self.elem_id("face_region_mask"))
+                region_mask = mask_painter(spec["face_region_mask"][0].label, self.elem_id("face_region_mask"))
             identities, slots = self._people(spec)
             gr.HTML(self._hints(spec))
         models = [identitynet, adapter, missing, download]
@@ -190,6 +215,10 @@ class InstantIDScript(scripts.Script):
         face.change(face_thumbnails, inputs=[face], outputs=[thumbnails])
         head_pose.change(pose_fields, inputs=[head_pose], outputs=[pose, pose_box])
         region.change(lambda choice: gr.update(visible=choice == "mask"), inputs=[region], outputs=[region_mask])
+        for path in ("identitynet", "adapter"):
+            start, end = sliders[f"{path}_start"], sliders[f"{path}_end"]
+            start.release(range_kept("start"), inputs=[start, end], outputs=[end])
+            end.release(range_kept("end"), inputs=[start, end], outputs=[start])
         for name, button in presets.items():
             button.click(style_weights(name), outputs=[sliders["identitynet_weight"], sliders["adapter_weight"]])
         preview_button.click(preview_faces, inputs=[face, pose, sliders["face_index"], head_pose, pose_box],
@@ -226,8 +255,7 @@ class InstantIDScript(scripts.Script):
                                          elem_id=self.elem_id(f"person{i + 1}_region_box"))
                         pose = gr.Dropdown(label="Pose", choices=[AS_ABOVE, *pose_presets.POSES], value=AS_ABOVE,
                                            elem_id=self.elem_id(f"person{i + 1}_pose"))
-                    mask = gr.Image(label="Region mask", type="pil", visible=False,
-                                    elem_id=self.elem_id(f"person{i + 1}_region_mask"))
+                    mask = mask_painter("Region mask", self.elem_id(f"person{i + 1}_region_mask"))
                     with gr.Column():
                         weights = {name: gr.Slider(0.0, 2.0, value=spec[name][1], step=0.05, label=spec[name][0].label,
                                                    elem_id=self.elem_id(f"person{i + 1}_{name}"))

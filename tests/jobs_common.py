@@ -108,3 +108,15 @@ def event_handlers(demo, component, event: str = "change") -> list[tuple]:
 
 def block_by_id(demo, elem_id: str):
     return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def check_ranges_kept(demo) -> None:
+    """Each path's start and end sliders act as one range in the built panel: moving one past the other takes the
+    other along (through the sliders' release events)."""
+    for path in ("identitynet", "adapter"):
+        start, end = (block_by_id(demo, f"script_txt2img_instantid_{path}_{edge}") for edge in ("start", "end"))
+        (start_moved, pushes), = event_handlers(demo, start, "release")
+        (end_moved, pulls), = event_handlers(demo, end, "release")
+        assert (pushes, pulls) == ([end._id], [start._id])
+        assert start_moved(0.7, 0.4)["value"] == 0.7 and start_moved(0.2, 0.4)["value"] == 0.4  # the end follows
+        assert end_moved(0.7, 0.4)["value"] == 0.4 and end_moved(0.2, 0.4)["value"] == 0.2  # the start follows

@@ -83,6 +83,48 @@ def test_mask_without_a_mask_is_refused_naming_the_field(ui):
     assert bad.status_code == 422 and "face_region" in bad.json()["detail"]
 
 
+def canvas_painting(box: tuple[int, int, int, int]) -> str:
+    """What gradio 3's canvas sends after painting the box (x0, y0, x1, y1): black strokes on white, a data URL."""
+    canvas = np.full((512, 512, 3), 255, np.uint8)
+    x0, y0, x1, y1 = box
+    canvas[y0:y1, x0:x1] = 0
+    return "data:image/png;base64," + b64(Image.fromarray(canvas))
+
+
+def panel_control(webui, name: str):
+    from dataclasses import fields
+
+    from lib_instantid.args import InstantIDArgs
+
+    return webui.runner().script("InstantID").controls[[f.name for f in fields(InstantIDArgs)].index(name)]
+
+
+def test_the_panel_paints_the_mask_with_a_brush(ui, monkeypatch):
+    painter = panel_control(ui, "face_region_mask")
+    assert (painter.source, painter.tool) == ("canvas", "sketch")  # a blank canvas and a brush, no upload needed
+    mask = painter.preprocess(canvas_painting((0, 0, 256, 512)))  # the left half painted
+    painted = np.asarray(mask)
+    assert mask.mode == "L" and painted[:, :250].min() == 255 and painted[:, 262:].max() == 0
+    regions = Regions(monkeypatch)
+    generate(ui, instantid=positional(enabled=True, face_image=[FACE], face_region="mask", face_region_mask=mask))
+    assert regions.masks[(64, 64)][:, :28].min() == 1.0 and regions.masks[(64, 64)][:, 36:].max() == 0.0
+
+
+def test_an_unpainted_mask_is_refused_not_run_as_nowhere(ui):
+    untouched = panel_control(ui, "face_region_mask").preprocess(canvas_painting((0, 0, 0, 0)))
+    with pytest.raises(Exception, match="\"Region mask\" is black everywhere: paint"):
+        generate(ui, instantid=positional(enabled=True, face_image=[FACE], face_region="mask",
+                                          face_region_mask=untouched))
+    black = b64(Image.new("L", (64, 64)))
+    response = api_job(ui.api_client(), [{"enabled": True, "face_image": b64(photo()), "face_region": "mask",
+                                          "face_region_mask": black}])
+    assert response.status_code == 422 and "face_region_mask is black everywhere" in response.json()["detail"]
+    person = {"face_image": b64(photo()), "region": "mask", "region_mask": black}
+    response = api_job(ui.api_client(), [{"enabled": True, "identities": [person]}])
+    assert response.status_code == 422 and "identities[0].region is 'mask' but its region_mask is black " \
+        "everywhere" in response.json()["detail"]
+
+
 def test_off_is_bit_identical_and_asks_for_no_region(ui, monkeypatch):
     regions = Regions(monkeypatch)
     default = pixels(generate(ui, instantid=positional(enabled=True, face_image=[FACE])))

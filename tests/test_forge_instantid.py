@@ -382,6 +382,42 @@ def test_the_scores_show_under_the_panel_after_a_generation(ui, face):
     assert handler(generate(ui).processed.js())["visible"] is False
 
 
+def test_each_paths_start_and_end_act_as_one_range_on_gradio_4(ui):
+    from modules import ui as built
+
+    from tests.jobs_common import check_ranges_kept
+
+    check_ranges_kept(built.demo)
+
+
+def test_the_panel_paints_the_mask_with_a_brush_on_gradio_4(ui, face, tmp_path):
+    """Forge's gradio 4 has no gradio-3 sketch canvas: the brush is an ImageEditor, whose layers hold the strokes."""
+    from dataclasses import fields
+
+    import gradio as gr
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+
+    from lib_instantid.args import InstantIDArgs
+
+    names = [f.name for f in fields(InstantIDArgs)]
+    painter = ui.runner().script("InstantID").controls[names.index("face_region_mask")]
+    assert isinstance(painter, gr.ImageEditor)
+    strokes = np.zeros((512, 512, 4), np.uint8)
+    strokes[:, :256] = (255, 255, 255, 255)  # the left half painted, transparent elsewhere
+    Image.fromarray(strokes).save(tmp_path / "layer.png")
+    Image.new("RGB", (512, 512), "white").save(tmp_path / "background.png")  # the canvas itself: not the mask
+    mask = painter.preprocess(EditorData(background=FileData(path=str(tmp_path / "background.png")),
+                                         layers=[FileData(path=str(tmp_path / "layer.png"))]))
+    painted = np.asarray(mask)
+    assert mask.mode == "L" and painted[:, :256].min() == 255 and painted[:, 256:].max() == 0
+    assert painter.preprocess(EditorData(background=FileData(path=str(tmp_path / "background.png")))) is None
+    everywhere = pixels(generate(ui, instantid=on(face)))
+    left = generate(ui, instantid=on(face, face_region="mask", face_region_mask=mask))
+    assert "Face region: mask" in left.processed.infotexts[0]
+    assert not np.array_equal(pixels(left), everywhere)
+
+
 def test_models_route_answers(ui):
     body = ui.api_client().get("/instantid/models").json()
     names = {(m["name"], m["kind"], m["context_dim"]) for m in body["models"]}

@@ -325,6 +325,14 @@ def test_the_panel_leads_with_photos_and_the_two_weights_and_folds_the_rest(webu
     assert module["STYLES"]["Balanced"] == (0.8, 0.8)  # the defaults
 
 
+def test_each_paths_start_and_end_act_as_one_range(ui):
+    from modules import ui as built
+
+    from tests.jobs_common import check_ranges_kept
+
+    check_ranges_kept(built.demo)
+
+
 def _descendants(block):
     for child in getattr(block, "children", []):
         yield child

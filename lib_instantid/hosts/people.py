@@ -11,7 +11,6 @@ from PIL import Image
 
 from .. import pose_presets
 from ..args import IdentityArgs
-from ..errors import InstantIDError
 from ..face import DetectedFace
 from ..keypoints import Placement
 from .poses import PresetPose, webui_resize
@@ -48,10 +47,7 @@ def region_fractions(person: IdentityArgs, index: int) -> Fractions:
         return HALVES[person.region]
     if person.region == "box":
         return person.region_box
-    mask = np.asarray(person.region_mask.convert("L"), dtype=np.float32) / 255 > 0.5
-    if not mask.any():
-        raise InstantIDError(f"identities[{index}].region_mask is black everywhere: paint white where person "
-                             f"{index + 1} goes.", field="identities")
+    mask = np.asarray(person.region_mask.convert("L")) > 127  # not black everywhere: check_ready saw to that
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     height, width = mask.shape
     return (cols[0] / width, rows[0] / height, (cols[-1] + 1 - cols[0]) / width, (rows[-1] + 1 - rows[0]) / height)
