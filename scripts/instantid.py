@@ -300,6 +300,9 @@ class InstantIDScript(scripts.Script):
     def postprocess_image_after_composite(self, p, pp, *args) -> None:
         webui.score_image(p, pp.image)
 
+    def postprocess(self, p, processed, *args) -> None:
+        webui.scores_written(p)
+
     if hasattr(host, "before_every_sampling"):  # Forge: A1111 (1.9+) calls the hook too, but needs nothing there
         def process_before_every_sampling(self, p, *args, **kwargs) -> None:
             """Before each sampling pass (the hires pass too), after Forge reset its UNet patcher."""

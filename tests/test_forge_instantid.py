@@ -380,6 +380,10 @@ def test_the_scores_show_under_the_panel_after_a_generation(ui, face):
     shown = handler(processed.js())
     assert shown["visible"] is True and f"Identity score **{recorded}**" in shown["value"]
     assert handler(generate(ui).processed.js())["visible"] is False
+    batch = generate(ui, instantid=on(face), batch_size=2).processed
+    texts = batch.infotexts
+    assert batch.index_of_first_image == 1 and "InstantID similarity" not in texts[0]  # the grid: no score
+    assert all("InstantID similarity: " in text for text in texts[1:])
 
 
 def test_each_paths_start_and_end_act_as_one_range_on_gradio_4(ui):

@@ -462,6 +462,21 @@ def test_txt2img_with_instantid_is_recorded_and_off_is_untouched(webui):
     assert np.array_equal(pixels(ok(webui, txt2img(webui))), webui.never)
 
 
+def test_every_image_of_a_batch_gets_its_own_identity_score(webui):
+    """The score entry is called by the real create_infotext (with its locals) once per image: each of the 2 x 2
+    images' infotexts has the score the similarity route gives that image, and nothing of the entry stays in the
+    job's generation parameters."""
+    response = ok(webui, txt2img(webui, {**ON, "face_image": photo()}, batch_size=2, n_iter=2))
+    info = json.loads(response.json()["info"])
+    images = response.json()["images"]
+    assert len(images) == len(info["infotexts"]) == 4  # the API saves no grid
+    for image, text in zip(images, info["infotexts"]):
+        scored = re.findall(r"InstantID similarity: ([^,]+)", text)
+        route = ok(webui, webui.request("POST", "/instantid/similarity", {"reference": photo(), "image": image}))
+        assert scored == [route.json()["message"]], text
+    assert "InstantID similarity" not in info["extra_generation_params"]
+
+
 def test_each_path_acts_in_the_real_unet_and_zero_weights_change_nothing(webui):
     zero = ok(webui, txt2img(webui, {**ON, "face_image": photo(), "identitynet_weight": 0, "adapter_weight": 0}))
     assert np.array_equal(pixels(zero), webui.never)

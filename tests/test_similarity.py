@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.jobs_common import api_job, block_by_id, decode, event_handlers
 from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the stand-in on sys.path)
-    FACE, b64, generate, models_root, photo, positional, ui, unets, webui,
+    FACE, SIZE, b64, generate, models_root, photo, positional, ui, unets, webui,
 )
 
 from lib_instantid import similarity
@@ -45,6 +45,24 @@ def test_every_image_gets_its_own_score_in_its_infotext(ui):
     assert len(images) == len(infotexts) == 4
     for image, infotext in zip(images, infotexts):
         assert scores(infotext) == [expected_score(image, reference)]
+    assert first == 1 and scores(processed.infotexts[0]) == []  # the batch's grid: no image's score describes it
+    assert "InstantID similarity" not in result.p.extra_generation_params  # nothing of the job stays on p
+
+
+def test_each_xyz_cell_records_its_own_score_and_the_grid_none(ui):
+    from modules import scripts as webui_scripts
+
+    ui.build_ui()  # axis options are snapshotted when the UI is built
+    xyz = webui_scripts.scripts_txt2img.script("X/Y/Z plot")
+    axis = [o.label for o in xyz.current_axis_options].index("[InstantID] Adapter weight")
+    job = dict(prompt="a portrait", negative_prompt="blurry", steps=3, seed=1, **SIZE)
+    cells = [generate(ui, instantid=positional(enabled=True, face_image=[FACE], adapter_weight=w), **job).processed
+             for w in (0.2, 1.5)]
+    grid = ui.txt2img(select="X/Y/Z plot", **job, script_args={
+        "InstantID": positional(enabled=True, face_image=[FACE]), "X/Y/Z plot": [axis, "0.2, 1.5"]}).processed
+    cell_texts = grid.infotexts[-2:]
+    assert [scores(t) for t in cell_texts] == [scores(c.infotexts[0]) for c in cells]  # each cell's, as if run alone
+    assert all(len(scores(t)) == 1 for t in cell_texts) and scores(grid.info) == []
 
 
 def test_a_face_in_the_image_is_scored_against_the_identity_used(ui, monkeypatch):

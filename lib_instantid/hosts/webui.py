@@ -243,10 +243,22 @@ class ActiveRun:
 SIMILARITY_KEY = f"{INFOTEXT_KEY} similarity"
 
 
+class ImageScores:
+    """A job's identity-score entry in `p.extra_generation_params`. The WebUI calls such an entry for every infotext
+    it writes (with create_infotext's locals): each image's own infotext gets the score taken of that image, a grid's
+    (a batch's or an XYZ plot's) none, since no score describes a grid."""
+
+    def __init__(self) -> None:
+        self.texts: dict[tuple[int, int], str] = {}  # by (batch number, index in the batch)
+
+    def __call__(self, p, index: int, use_main_prompt: bool = False, **_) -> str | None:
+        return None if use_main_prompt else self.texts.get((p.iteration, index))
+
+
 def score_image(p, image) -> None:
     """The script's `postprocess_image_after_composite` hook, for every finished image: with the identity score on,
-    how closely the image's best-matching face resembles the identity, into this image's infotext (the WebUI writes
-    each image's infotext right after this hook)."""
+    how closely the image's best-matching face resembles the identity, recorded for this image's infotext (the
+    WebUI writes it right after this hook)."""
     scope = SampleScope.of(p)
     run = None if scope is None else scope.run
     settings = getattr(run, "settings", None)
@@ -254,7 +266,16 @@ def score_image(p, image) -> None:
         return
     faces = face_analyzer().detect(image)
     scores = [similarity.best_match(faces, person.identity.embedding) for person in settings.people]
-    p.extra_generation_params[SIMILARITY_KEY] = ", ".join(similarity.described(score) for score in scores)
+    entry = p.extra_generation_params.get(SIMILARITY_KEY)
+    if not isinstance(entry, ImageScores):
+        entry = p.extra_generation_params[SIMILARITY_KEY] = ImageScores()
+    entry.texts[(p.iteration, p.batch_index)] = ", ".join(similarity.described(score) for score in scores)
+
+
+def scores_written(p) -> None:
+    """The script's `postprocess` hook, once the job's infotexts are written: the entry goes. An XYZ plot shares one
+    `extra_generation_params` between its cells and writes its grid's infotext from it afterwards."""
+    p.extra_generation_params.pop(SIMILARITY_KEY, None)
 
 
 def scores_shown(recorded: list[dict]) -> str:

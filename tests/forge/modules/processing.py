@@ -407,7 +407,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
             if isinstance(value, list):
                 generation_params[key] = value[index]
             elif callable(value):
-                generation_params[key] = value(p=p, index=index, prompt_text=prompt_text, negative_prompt=negative_prompt)
+                generation_params[key] = value(**locals())  # as Forge: the callable gets this function's locals
         except Exception:
             from modules import errors
             errors.report(f'Error creating infotext for key "{key}"', exc_info=True)
