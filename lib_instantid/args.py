@@ -257,9 +257,10 @@ class InstantIDArgs:
         return values
 
 
-def specs() -> list[tuple[str, Spec, Any]]:
-    """(name, spec, default) of every setting, in order: what the panel and the API docs are built from."""
-    return [(f.name, f.metadata["spec"], f.default) for f in fields(InstantIDArgs)]
+def specs(of: type = InstantIDArgs) -> list[tuple[str, Spec, Any]]:
+    """(name, spec, default) of every setting (or every person's setting, `of=IdentityArgs`), in order: what the
+    panel and the API docs are built from."""
+    return [(f.name, f.metadata["spec"], f.default) for f in fields(of)]
 
 
 def name_of_choice(text: str) -> str:

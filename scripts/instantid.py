@@ -9,7 +9,7 @@ import gradio as gr
 from modules import infotext_utils, script_callbacks, scripts
 from modules.ui_components import InputAccordion, ToolButton
 
-from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, REGIONS, InstantIDArgs, specs
+from lib_instantid.args import AUTOMATIC, INFOTEXT_KEY, REGIONS, IdentityArgs, InstantIDArgs, specs
 from lib_instantid.hosts import running_host, webui, webui_api, webui_xyz
 from lib_instantid import pose_presets
 from lib_instantid.images import decode_image, painted_mask, uploaded_photos
@@ -209,7 +209,9 @@ class InstantIDScript(scripts.Script):
             identities, slots = self._people(spec)
             gr.HTML(self._hints(spec))
         models = [identitynet, adapter, missing, download]
-        for event in (refresh.click, identitynet.focus, adapter.focus):
+        # The panel is built while the WebUI still loads its checkpoint: turning InstantID on brings the dropdowns'
+        # fit marks and the missing-models offer up to date with the checkpoint loaded by then.
+        for event in (enabled.change, refresh.click, identitynet.focus, adapter.focus):
             event(webui.refreshed_choices, outputs=models)
         download.click(download_missing, outputs=models)
         face.change(face_thumbnails, inputs=[face], outputs=[thumbnails])
@@ -238,27 +240,30 @@ class InstantIDScript(scripts.Script):
         return [components[name] for name in spec]
 
     def _people(self, spec: dict) -> tuple[gr.State, dict]:
-        """The several-people fold: a slot per person, gathered into the identities value on every change."""
+        """The several-people fold: a slot per person, gathered into the identities value on every change. Each
+        field's label names its person: A1111 keeps UI defaults (ui-config.json) by tab and label, so slots sharing
+        a label would all take the first one's value."""
         slots = {}
+        person = {name: (s, default) for name, s, default in specs(IdentityArgs)}
         with gr.Accordion(spec["identities"][0].label, open=False, elem_id=self.elem_id("people")):
             gr.Markdown(spec["identities"][0].help)
             for i in range(PEOPLE):
+                def field(name: str) -> dict:
+                    return dict(label=f"Person {i + 1}: {person[name][0].label}",
+                                elem_id=self.elem_id(f"person{i + 1}_{name}"))
+
+                region_default = REGIONS[min(i, 2)]
                 with gr.Row():
-                    photos = gr.File(label=f"Person {i + 1}", file_count="multiple", file_types=["image"],
-                                     elem_id=self.elem_id(f"person{i + 1}_face_image"))
+                    photos = gr.File(file_count="multiple", file_types=["image"], **field("face_image"))
                     photos.preprocess = uploaded_photos(photos.preprocess)
                     with gr.Column():
-                        region = gr.Dropdown(label="Region", choices=list(REGIONS),
-                                             value=REGIONS[min(i, 2)], elem_id=self.elem_id(f"person{i + 1}_region"))
-                        box = gr.Textbox(label="Region box (x, y, width, height)", value="0, 0, 1, 1",
-                                         visible=REGIONS[min(i, 2)] == "box",
-                                         elem_id=self.elem_id(f"person{i + 1}_region_box"))
-                        pose = gr.Dropdown(label="Pose", choices=[AS_ABOVE, *pose_presets.POSES], value=AS_ABOVE,
-                                           elem_id=self.elem_id(f"person{i + 1}_pose"))
-                    mask = mask_painter("Region mask", self.elem_id(f"person{i + 1}_region_mask"))
+                        region = gr.Dropdown(choices=list(REGIONS), value=region_default, **field("region"))
+                        box = gr.Textbox(value=", ".join(map(str, person["region_box"][1])),
+                                         visible=region_default == "box", **field("region_box"))
+                        pose = gr.Dropdown(choices=[AS_ABOVE, *pose_presets.POSES], value=AS_ABOVE, **field("pose"))
+                    mask = mask_painter(**field("region_mask"))
                     with gr.Column():
-                        weights = {name: gr.Slider(0.0, 2.0, value=spec[name][1], step=0.05, label=spec[name][0].label,
-                                                   elem_id=self.elem_id(f"person{i + 1}_{name}"))
+                        weights = {name: gr.Slider(0.0, 2.0, value=spec[name][1], step=0.05, **field(name))
                                    for name in ("identitynet_weight", "adapter_weight")}
                 region.change(region_fields, inputs=[region], outputs=[box, mask])
                 slots.update({(i, "face_image"): photos, (i, "region"): region, (i, "region_box"): box,
@@ -277,6 +282,8 @@ class InstantIDScript(scripts.Script):
     def _hints(self, spec: dict) -> str:
         # Not on the enable switch: its id is the whole accordion's, so its title would cover the panel.
         hints = {self.elem_id(name): s.help for name, (s, _) in spec.items() if s.help and name != "enabled"}
+        hints.update({self.elem_id(f"person{i + 1}_{name}"): s.help for name, s, _ in specs(IdentityArgs)
+                      if s.help and name in SLOT_FIELDS for i in range(PEOPLE)})
         hints[self.elem_id("preview")] = "Run the face analysis and show the face box and keypoints that will be used."
         hints[self.elem_id("refresh")] = "Look for newly installed models."
         hints[self.elem_id("download")] = "Fetch the missing model files from Hugging Face (verified, resumable)."

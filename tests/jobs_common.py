@@ -110,6 +110,28 @@ def block_by_id(demo, elem_id: str):
     return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
 
 
+UI_DEFAULT_TYPES = {"Slider", "Radio", "Checkbox", "Textbox", "Number", "Dropdown"}
+
+
+def check_ui_default_keys_unique(demo, tab: str = "txt2img") -> None:
+    """Every panel field whose UI default the WebUI keeps (ui-config.json) has a key of its own. The WebUI keys a
+    field by tab and label (under the script's file name for the fields `ui()` returns) and gives each later
+    field with that key the first one's value: two slots labelled alike would all show the first slot's default."""
+    keys = []
+    for block in descendants(block_by_id(demo, f"script_{tab}_instantid_enabled")):
+        if type(block).__name__ in UI_DEFAULT_TYPES and getattr(block, "label", None) is not None:
+            source = getattr(block, "custom_script_source", None)
+            keys.append((f"customscript/{source}/" if source else "") + f"{tab}/{block.label}")
+    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    assert len(keys) > 30 and not duplicated, duplicated
+
+
+def descendants(block):
+    for child in getattr(block, "children", []):
+        yield child
+        yield from descendants(child)
+
+
 def check_ranges_kept(demo) -> None:
     """Each path's start and end sliders act as one range in the built panel: moving one past the other takes the
     other along (through the sliders' release events)."""

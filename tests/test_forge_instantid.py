@@ -394,6 +394,14 @@ def test_each_paths_start_and_end_act_as_one_range_on_gradio_4(ui):
     check_ranges_kept(built.demo)
 
 
+def test_each_panel_field_keeps_its_own_ui_default_on_forge(ui):
+    from modules import ui as built
+
+    from tests.jobs_common import check_ui_default_keys_unique
+
+    check_ui_default_keys_unique(built.demo)
+
+
 def test_the_panel_paints_the_mask_with_a_brush_on_gradio_4(ui, face, tmp_path):
     """Forge's gradio 4 has no gradio-3 sketch canvas: the brush is an ImageEditor, whose layers hold the strokes."""
     from dataclasses import fields

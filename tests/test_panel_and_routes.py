@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.jobs_common import descendants
 from tests.webui_jobs import (  # noqa: F401  (fixtures; importing it puts the stand-in on sys.path)
     EXTENSION_SCRIPT, FACE, FACE_CENTRE, FACE_SIDE, POSE_CENTRE, POSE_SIDE, SIZE, HintSizes, b64, generate,
     models_root, pixels, photo, png_bytes, positional, ui, unets, webui,
@@ -290,6 +291,31 @@ def test_building_the_panel_without_a_checkpoint_does_not_start_loading_one(webu
     assert not reads and choices[0] == AUTOMATIC and len(choices) > 1
 
 
+def test_turning_instantid_on_brings_the_offer_up_to_date_with_the_checkpoint_loaded_since(webui, models_root,
+                                                                                             unets, monkeypatch):
+    """The WebUI builds the panel while its checkpoint still loads: the panel then assumes SDXL, for which the tiny
+    models installed here are of another family, and offers the published files."""
+    from modules import sd_models
+
+    from tests.jobs_common import block_by_id, event_handlers
+
+    webui.set_models_path(models_root)
+    monkeypatch.setattr(sd_models.model_data, "sd_model", None)
+    webui.load_extension(EXTENSION_SCRIPT, build_ui=False)
+    demo = webui.build_ui()
+    notice = ui_component(demo, "_instantid_missing")
+    assert notice.visible and "instantid/ip-adapter.bin" in notice.value
+    monkeypatch.undo()
+    webui.set_model(unets["sdxl"], "sdxl")  # loaded once the panel is there
+    handlers = event_handlers(demo, block_by_id(demo, "script_txt2img_instantid_enabled-checkbox"))
+    models = [ui_component(demo, f"_instantid_{name}")._id
+              for name in ("identitynet_model", "adapter_model", "missing", "download")]
+    (refresh,) = [fn for fn, outputs in handlers if outputs == models]
+    identitynet, adapter, notice_update, button_update = refresh()
+    assert notice_update["visible"] is False and button_update["visible"] is False
+    assert any(c.startswith("instantid/ip-adapter.bin") for c in adapter["choices"])
+
+
 # --- the panel's layout and helpers -------------------------------------------------------------------------
 
 def panel(webui):
@@ -312,7 +338,7 @@ def test_the_panel_leads_with_photos_and_the_two_weights_and_folds_the_rest(webu
     assert "Drop a clear photo" in block("_lead").value
     advanced = block("_advanced")
     assert advanced.open is False
-    folded = {c.elem_id.rsplit("_instantid_", 1)[1] for c in _descendants(advanced) if getattr(c, "elem_id", None)}
+    folded = {c.elem_id.rsplit("_instantid_", 1)[1] for c in descendants(advanced) if getattr(c, "elem_id", None)}
     assert {"identitynet_start", "adapter_end", "face_index", "uncond_noise", "similarity", "face_region",
             "identitynet_model"} <= folded
     assert not {"identitynet_weight", "adapter_weight", "face_image"} & folded
@@ -333,10 +359,13 @@ def test_each_paths_start_and_end_act_as_one_range(ui):
     check_ranges_kept(built.demo)
 
 
-def _descendants(block):
-    for child in getattr(block, "children", []):
-        yield child
-        yield from _descendants(child)
+def test_each_panel_field_keeps_its_own_ui_default(ui):
+    from modules import ui as built
+
+    from tests.jobs_common import check_ui_default_keys_unique
+
+    check_ui_default_keys_unique(built.demo)
+    check_ui_default_keys_unique(built.demo, "img2img")
 
 
 def test_the_pose_photo_and_box_show_for_their_pose_and_thumbnails_for_photos(ui):
