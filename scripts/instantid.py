@@ -107,10 +107,21 @@ def pose_fields(pose: str) -> tuple[dict, dict]:
     return gr.update(visible=pose == pose_presets.PHOTO), gr.update(visible=pose in pose_presets.YAW)
 
 
-def face_thumbnails(files) -> dict:
-    """The uploaded face photos as thumbnails (removed with the upload list's ✕); hidden while there are none."""
+def face_thumbnails(files) -> tuple[dict, None, dict]:
+    """The uploaded face photos as thumbnails, hidden while there are none; no thumbnail chosen for removal."""
     photos = [decode_image(f, "face_image") for f in files or []]
-    return gr.update(value=photos, visible=bool(photos))
+    return gr.update(value=photos, visible=bool(photos)), None, gr.update(visible=False)
+
+
+def thumbnail_chosen(chosen: gr.SelectData) -> tuple[int, dict]:
+    """A thumbnail clicked: the Remove button offers to take that photo out (the upload list's ✕ clears all)."""
+    return chosen.index, gr.update(value=f"Remove photo {chosen.index + 1}", visible=True)
+
+
+def photo_removed(files, index: int | None) -> dict:
+    """The Remove button: the face photos without the chosen one (the thumbnails follow the photos' change)."""
+    kept = [str(f) for i, f in enumerate(files or []) if i != index]
+    return gr.update(value=kept or None)
 
 
 def preview_faces(*args) -> tuple[dict, str]:
@@ -172,6 +183,8 @@ class InstantIDScript(scripts.Script):
                 pose = gr.Image(label=spec["pose_image"][0].label, type="pil", elem_id=self.elem_id("pose_image"))
             thumbnails = gr.Gallery(label="Face photos", show_label=False, columns=6, height=120, visible=False,
                                     elem_id=self.elem_id("thumbnails"))
+            chosen_photo = gr.State(None)
+            remove_photo = gr.Button("Remove photo", size="sm", visible=False, elem_id=self.elem_id("remove_photo"))
             with gr.Row():
                 head_pose = self._choice("pose", spec)
                 pose_box = gr.Textbox(label=spec["pose_box"][0].label, value=", ".join(map(str, spec["pose_box"][1])),
@@ -214,7 +227,9 @@ class InstantIDScript(scripts.Script):
         for event in (enabled.change, refresh.click, identitynet.focus, adapter.focus):
             event(webui.refreshed_choices, outputs=models)
         download.click(download_missing, outputs=models)
-        face.change(face_thumbnails, inputs=[face], outputs=[thumbnails])
+        face.change(face_thumbnails, inputs=[face], outputs=[thumbnails, chosen_photo, remove_photo])
+        thumbnails.select(thumbnail_chosen, outputs=[chosen_photo, remove_photo])
+        remove_photo.click(photo_removed, inputs=[face, chosen_photo], outputs=[face])
         head_pose.change(pose_fields, inputs=[head_pose], outputs=[pose, pose_box])
         region.change(lambda choice: gr.update(visible=choice == "mask"), inputs=[region], outputs=[region_mask])
         for path in ("identitynet", "adapter"):

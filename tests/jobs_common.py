@@ -132,6 +132,25 @@ def descendants(block):
         yield from descendants(child)
 
 
+def check_photo_removal(demo, photos: list[str]) -> None:
+    """In the built panel, clicking the second face photo's thumbnail offers its removal, and the Remove button
+    leaves the face photos without it (the last one removed leaves none)."""
+    import gradio as gr
+
+    from lib_instantid.images import PhotoFile
+
+    face, thumbnails, remove = (block_by_id(demo, f"script_txt2img_instantid_{name}")
+                                for name in ("face_image", "thumbnails", "remove_photo"))
+    (chosen_by, chosen_outputs), = event_handlers(demo, thumbnails, "select")
+    (removed_by, removed_outputs), = event_handlers(demo, remove, "click")
+    assert chosen_outputs[1] == remove._id and removed_outputs == [face._id]
+    uploaded = [PhotoFile(p) for p in photos]
+    index, offer = chosen_by(gr.SelectData(thumbnails, {"index": 1, "value": None}))
+    assert index == 1 and (offer["value"], offer["visible"]) == ("Remove photo 2", True)
+    assert removed_by(uploaded, index)["value"] == [photos[0]]
+    assert removed_by(uploaded[:1], 0)["value"] is None
+
+
 def check_ranges_kept(demo) -> None:
     """Each path's start and end sliders act as one range in the built panel: moving one past the other takes the
     other along (through the sliders' release events)."""

@@ -386,6 +386,16 @@ def test_the_scores_show_under_the_panel_after_a_generation(ui, face):
     assert all("InstantID similarity: " in text for text in texts[1:])
 
 
+def test_a_face_photo_is_removed_by_choosing_its_thumbnail_on_gradio_4(ui, face, tmp_path):
+    from modules import ui as built
+
+    from tests.jobs_common import check_photo_removal
+
+    second = tmp_path / "second.png"
+    Image.new("RGB", (64, 64), "gray").save(second)
+    check_photo_removal(built.demo, [str(face), str(second)])
+
+
 def test_each_paths_start_and_end_act_as_one_range_on_gradio_4(ui):
     from modules import ui as built
 

@@ -368,6 +368,16 @@ def test_each_panel_field_keeps_its_own_ui_default(ui):
     check_ui_default_keys_unique(built.demo, "img2img")
 
 
+def test_a_face_photo_is_removed_by_choosing_its_thumbnail(ui, tmp_path):
+    from modules import ui as built
+
+    from tests.jobs_common import check_photo_removal
+
+    second = tmp_path / "second.png"
+    photo(centre=(100, 140), side=60, colour="magenta").save(second)
+    check_photo_removal(built.demo, [FACE.name, str(second)])
+
+
 def test_the_pose_photo_and_box_show_for_their_pose_and_thumbnails_for_photos(ui):
     module = type(script(ui)).ui.__globals__
     photo_field, box = module["pose_fields"]("photo")
@@ -375,9 +385,9 @@ def test_the_pose_photo_and_box_show_for_their_pose_and_thumbnails_for_photos(ui
     photo_field, box = module["pose_fields"]("profile left")
     assert photo_field["visible"] is False and box["visible"] is True
     assert module["pose_fields"]("none")[1]["visible"] is False
-    shown = module["face_thumbnails"]([PhotoFile(FACE.name)])
-    assert shown["visible"] is True and len(shown["value"]) == 1
-    assert module["face_thumbnails"](None)["visible"] is False
+    shown, chosen, remove = module["face_thumbnails"]([PhotoFile(FACE.name)])
+    assert shown["visible"] is True and len(shown["value"]) == 1 and chosen is None and remove["visible"] is False
+    assert module["face_thumbnails"](None)[0]["visible"] is False
     gallery, message = module["preview_faces"](None, None, 0, "photo", "0.5, 0.5, 0.4")
     assert gallery["visible"] is False and message == "Upload a face photo first."
     gallery, _ = module["preview_faces"]([PhotoFile(FACE.name)], None, 0, "photo", "0.5, 0.5, 0.4")
