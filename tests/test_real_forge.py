@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_real_webui import (
+from tests.real_webui import (
     ON, REPO_ROOT, SIZE, Server, _free_port, errors_text, img2img, infotext, ok, photo, pixels, txt2img,
 )
 
