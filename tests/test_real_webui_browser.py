@@ -258,5 +258,31 @@ def test_a_photo_without_a_face_is_refused_in_the_panels_words(page, photos):
     page.shot("9_no_face_refused", "html_log_txt2img")
 
 
+def test_an_xyz_plot_over_a_weight_records_each_cells_own_score(server, photos):
+    """Over the API of the WebUI with its UI: the X/Y/Z plot's axes (ours among them) exist once its UI is built."""
+    import base64
+    import json
+    import re
+
+    from tests.real_webui import ON, job, ok
+
+    config = server.request("GET", "/config").json()
+    x_type = next(c for c in config["components"]
+                  if c.get("props", {}).get("elem_id") == "script_txt2img_xyz_plot_x_type")
+    axes = [choice[0] if isinstance(choice, list) else choice for choice in x_type["props"]["choices"]]
+    face = base64.b64encode(Path(photos["face"]).read_bytes()).decode()
+    # x axis, values, (none on y and z), legend, the cells' own images too, then the plot's other defaults
+    plot = [axes.index("[InstantID] Adapter weight"), "0.2, 1.5", [], 0, "", [], 0, "", [], True, True, False,
+            False, False, False, False, 0, False]
+    response = ok(server, server.request("POST", "/sdapi/v1/txt2img", {
+        **job({**ON, "face_image": face}), "script_name": "x/y/z plot", "script_args": plot}))
+    grid, *cells = json.loads(response.json()["info"])["infotexts"]
+    assert "InstantID similarity" not in grid and len(cells) == 2
+    for weight, text, image in zip(("0.2", "1.5"), cells, response.json()["images"][1:]):
+        assert f"Adapter weight: {weight}" in text, text
+        route = ok(server, server.request("POST", "/instantid/similarity", {"reference": face, "image": image}))
+        assert re.findall(r"InstantID similarity: ([^,]+)", text) == [route.json()["message"]], text
+
+
 def test_no_errors_were_logged_by_our_script(server):
     assert not server.script_errors(), server.script_errors()
