@@ -378,7 +378,7 @@ def test_the_scores_show_under_the_panel_after_a_generation(ui, face):
     processed = generate(ui, instantid=on(face)).processed
     (recorded,) = re.findall(r"InstantID similarity: ([^,]+)", processed.infotexts[0])
     shown = handler(processed.js())
-    assert shown["visible"] is True and f"Identity score **{recorded}**" in shown["value"]
+    assert shown["visible"] is True and f"Identity score: **{recorded}**" in shown["value"]
     assert handler(generate(ui).processed.js())["visible"] is False
     batch = generate(ui, instantid=on(face), batch_size=2).processed
     texts = batch.infotexts

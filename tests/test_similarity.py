@@ -113,7 +113,7 @@ def test_the_scores_show_under_the_panel_after_each_generation(ui, is_img2img):
     assert re.findall(r"image \d: \*\*([^*]+)\*\*", shown["value"]) == expected  # each image's, in gallery order
 
     one = handler(generate(ui, instantid=positional(enabled=True, face_image=[FACE])).processed.js())
-    assert re.search(r"Identity score \*\*(no face found|-?\d\.\d\d)\*\*", one["value"])
+    assert re.search(r"Identity score: \*\*(no face found|-?\d\.\d\d)\*\*", one["value"])
     for unscored in (generate(ui, instantid=positional(enabled=True, face_image=[FACE], similarity=False)),
                      generate(ui)):
         assert handler(unscored.processed.js())["visible"] is False

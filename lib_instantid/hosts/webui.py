@@ -288,8 +288,8 @@ def scores_shown(recorded: list[dict]) -> str:
         shown = f"**{scores[0]}**"
     else:
         shown = " · ".join(f"image {i}: **{score or 'not scored'}**" for i, score in enumerate(scores, 1))
-    return (f"Identity score {shown} — the cosine similarity of the best-matching face to the face photos' "
-            "(one number per person); higher is closer.")
+    return (f"Identity score: {shown} — how closely the best-matching face in the image resembles the face photos "
+            "(cosine similarity of their face embeddings, one number per person; higher is closer).")
 
 
 def for_host(p, error: InstantIDError) -> BaseException:
