@@ -235,15 +235,20 @@ def _webui_python() -> str:
         pytest.skip(f"WEBUI_DIR={WEBUI_DIR} is not an AUTOMATIC1111 checkout (no launch.py)")
     if not Path(python).exists():
         pytest.skip(f"no Python for the WebUI at {python} (set WEBUI_PYTHON)")
-    probe = subprocess.run(
-        [python, "-c", "import torch, insightface, onnxruntime, open_clip, transformers, safetensors"],
-        capture_output=True, text=True, timeout=300, check=False)
+    skip_unless_it_imports(python, "torch, insightface, onnxruntime, open_clip, transformers, safetensors",
+                           "the WebUI's Python", "tests/real_webui_setup.md")
+    return python
+
+
+def skip_unless_it_imports(python: str, modules: str, whose: str, setup_doc: str) -> None:
+    """Skips the tier, naming the failed import, when the host's Python cannot import `modules`."""
+    probe = subprocess.run([python, "-c", f"import {modules}"], capture_output=True, text=True, timeout=300,
+                           check=False)
     if probe.returncode != 0:
         missing = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit {probe.returncode}"
-        pytest.skip(f"the WebUI's Python ({python}) cannot import what this tier needs: {missing}. insightface and "
+        pytest.skip(f"{whose} ({python}) cannot import what this tier needs: {missing}. insightface and "
                     f"onnxruntime are normally added by the extension's install.py, which this tier skips "
-                    f"(--skip-install); see tests/real_webui_setup.md")
-    return python
+                    f"(--skip-install); see {setup_doc}")
 
 
 def _free_port() -> int:

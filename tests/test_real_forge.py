@@ -35,7 +35,8 @@ import numpy as np
 import pytest
 
 from tests.real_webui import (
-    ON, REPO_ROOT, SIZE, Server, _free_port, errors_text, img2img, infotext, ok, photo, pixels, txt2img,
+    ON, REPO_ROOT, SIZE, Server, _free_port, errors_text, img2img, infotext, ok, photo, pixels,
+    skip_unless_it_imports, txt2img,
 )
 
 FORGE_DIR = os.environ.get("FORGE_DIR", "")
@@ -233,14 +234,8 @@ def _forge_python() -> str:
                     f"launch.py once (see tests/real_forge_setup.md)")
     if not Path(python).exists():
         pytest.skip(f"no Python for Forge at {python} (set FORGE_PYTHON)")
-    probe = subprocess.run(
-        [python, "-c", "import torch, insightface, onnxruntime, safetensors, transformers, diffusers, gradio"],
-        capture_output=True, text=True, timeout=300, check=False)
-    if probe.returncode != 0:
-        missing = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit {probe.returncode}"
-        pytest.skip(f"Forge's Python ({python}) cannot import what this tier needs: {missing}. insightface and "
-                    f"onnxruntime are normally added by the extension's install.py, which this tier skips "
-                    f"(--skip-install); see tests/real_forge_setup.md")
+    skip_unless_it_imports(python, "torch, insightface, onnxruntime, safetensors, transformers, diffusers, gradio",
+                           "Forge's Python", "tests/real_forge_setup.md")
     return python
 
 
