@@ -319,6 +319,23 @@ def webui_version() -> str:
     return heading.group(1) if heading else "unknown"
 
 
+def install_extension(data_dir: Path) -> Path:
+    """The data folder's settings (no live previews: their approximate decoder would be downloaded) and this
+    repository linked as its extension; returns the link."""
+    (data_dir / "config.json").write_text(json.dumps({"live_previews_enable": False}), encoding="utf-8")
+    link = data_dir / "extensions" / "sd-webui-instantid"
+    link.parent.mkdir()
+    link.symlink_to(REPO_ROOT, target_is_directory=True)
+    return link
+
+
+def start_in_own_group(command: list[str], cwd: str, env: dict, log: Path) -> subprocess.Popen:
+    """The server process, in a process group of its own (stopped as a whole), its output in `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 @contextmanager
 def running_webui(data_dir: Path, *, with_ui: bool = False,
                   prepare: Callable[[Path], None] | None = None) -> Iterator[Server]:
@@ -333,11 +350,7 @@ def running_webui(data_dir: Path, *, with_ui: bool = False,
     checkpoint = write_models(data_dir, python, env)
     if prepare is not None:
         prepare(data_dir / "models")
-    # This data folder's settings: no live previews (their approximate decoder would be downloaded).
-    (data_dir / "config.json").write_text(json.dumps({"live_previews_enable": False}), encoding="utf-8")
-    link = data_dir / "extensions" / "sd-webui-instantid"
-    link.parent.mkdir()
-    link.symlink_to(REPO_ROOT, target_is_directory=True)
+    link = install_extension(data_dir)
 
     port = _free_port()
     command = [
@@ -347,10 +360,7 @@ def running_webui(data_dir: Path, *, with_ui: bool = False,
         "--data-dir", str(data_dir), "--ckpt", str(checkpoint), "--no-download-sd-model", "--do-not-download-clip",
     ]
     log = data_dir / "webui.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=WEBUI_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(process, f"http://127.0.0.1:{port}", log)
+    server = Server(start_in_own_group(command, WEBUI_DIR, env, log), f"http://127.0.0.1:{port}", log)
     try:
         _wait_until_ready(server)
         print(f"\nreal WebUI {webui_version()} at {WEBUI_DIR}, data folder {data_dir}")

@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 
 from tests.real_webui import (
-    ON, REPO_ROOT, SIZE, Server, _free_port, errors_text, img2img, infotext, ok, photo, pixels,
-    skip_unless_it_imports, txt2img,
+    ON, SIZE, Server, _free_port, errors_text, img2img, infotext, install_extension, ok, photo, pixels,
+    skip_unless_it_imports, start_in_own_group, txt2img,
 )
 
 FORGE_DIR = os.environ.get("FORGE_DIR", "")
@@ -266,10 +266,7 @@ def server(tmp_path_factory):
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(data_dir / "hf_home"),
                PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")
     checkpoint = write_models(data_dir, python, env)
-    (data_dir / "config.json").write_text(json.dumps({"live_previews_enable": False}), encoding="utf-8")
-    link = data_dir / "extensions" / "sd-webui-instantid"
-    link.parent.mkdir()
-    link.symlink_to(REPO_ROOT, target_is_directory=True)
+    link = install_extension(data_dir)
 
     port = _free_port()
     command = [
@@ -279,9 +276,7 @@ def server(tmp_path_factory):
     ]
     log = data_dir / "forge.log"
     started = time.monotonic()
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=FORGE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    process = start_in_own_group(command, FORGE_DIR, env, log)
     running = Server(process, f"http://127.0.0.1:{port}", log)
     try:
         _wait_until_serving(running)
